@@ -1,0 +1,83 @@
+"""Shared CLI pieces: the console, option helpers and the rich progress listener."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fbprof.profiler.session import Listener, MeasureSummary
+
+__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary"]
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def command_line() -> str:
+    """The command as typed (recorded in LUT headers), without the path of the executable."""
+    args = sys.argv[1:]
+    return "fbprof " + " ".join(shlex.quote(a) for a in args)
+
+
+class ProgressListener(Listener):
+    """Rich progress bars with ETA for export and measurement."""
+
+    def __init__(self, label: str = "measuring", quiet: bool = False) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+            console=err_console, transient=False, disable=quiet,
+        )
+        self.export_task = None
+        self.task = None
+        self.t0 = time.perf_counter()
+
+    def on_start(self, total: int, todo: int, reused: int) -> None:
+        if not self.quiet:
+            err_console.print(f"{total} ops needed: {reused} already in the LUT, {todo} to measure")
+        self.progress.start()
+
+    def on_export_start(self, count: int) -> None:
+        if count:
+            self.export_task = self.progress.add_task("exporting", total=count, current="")
+
+    def on_export_done(self, key: str) -> None:
+        if self.export_task is not None:
+            self.progress.update(self.export_task, advance=1, current=key)
+
+    def on_row_start(self, key: str, index: int, count: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(self.label, total=count, current="")
+        self.progress.update(self.task, current=key)
+
+    def on_retry(self, key: str, attempt: int, cv: float) -> None:
+        self.progress.console.print(f"[yellow]{key}: noisy (cv {cv:.2f}), measuring again after a pause")
+
+    def on_row_done(self, row) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, advance=1)
+
+    def on_note(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]{message}")
+
+    def on_finish(self, summary: MeasureSummary) -> None:
+        self.progress.stop()
+
+
+def print_summary(summary: MeasureSummary) -> None:
+    c = summary.counts
+    valid = not summary.failed and c.get("invalid", 0) == 0
+    verdict = "[green]VALID[/]" if valid else "[red]INVALID[/]"
+    console.print(
+        f"{verdict} {summary.path}: {c.get('ok', 0)} ok, {c.get('unstable', 0)} unstable, {c.get('invalid', 0)} invalid"
+        f", {len(summary.failed)} failed; measured {summary.measured}, reused {summary.reused}; "
+        f"{summary.wall_s:.1f} s wall ({summary.export_s:.1f} s export, {summary.loop_s:.1f} s in measuring loops)"
+    )
+    for key, why in sorted(summary.failed.items()):
+        console.print(f"  [red]failed[/] {key}: {why}")

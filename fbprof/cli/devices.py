@@ -1,0 +1,25 @@
+"""`fbprof devices`: known device profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fbprof.cli.common import console
+
+
+def devices(profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders")) -> None:
+    """List device profiles with their transport, backend and threads."""
+    from fbprof.devices.profiles import load_profiles
+
+    t = Table("device", "transport", "backend", "threads", "description")
+    for p in load_profiles(profiles).values():
+        t.add_row(p.name, p.transport, p.backend, str(p.threads), p.description)
+    console.print(t)
+    console.print("addresses: adb:SERIAL, adb:HOST:PORT (profile android), ios:HOST:PORT (profile ios); --profile picks another")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("devices")(devices)

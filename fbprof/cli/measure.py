@@ -1,0 +1,79 @@
+"""`fbprof measure`: build or extend a device's LUT for a search space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fbprof.cli.common import ProgressListener, command_line, print_summary
+
+
+def measure(
+    device: str = typer.Option("local", "--device", "-d", help="profile name (local, s8, iphonex) or adb:SERIAL, adb:HOST:PORT, ios:HOST:PORT"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="runtime: onnxruntime, torch, litert, executorch, coreml (default: the profile's)"),
+    space: str = typer.Option("fbnet", "--space", "-s", help="packaged space name or a space .yaml/.json file"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="input resolution (default: the space's)"),
+    width: Optional[float] = typer.Option(None, "--width", "-w", help="width multiplier (default: the space's)"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="runtime threads (default: the profile's, 1)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT CSV to create or extend (default: <device>-<backend>.csv)"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="measure every op again, even those already in the LUT"),
+    min_runs: int = typer.Option(50, "--min-runs", min=1, help="minimum timed samples per op"),
+    min_time: float = typer.Option(0.25, "--min-time", min=0.0, help="minimum seconds of timed samples per op"),
+    max_time: float = typer.Option(10.0, "--max-time", min=0.01, help="cap in seconds per op (hitting it before --min-runs makes the row invalid)"),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="warm-up runs per op"),
+    workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    profile: Optional[str] = typer.Option(None, "--profile", help="device profile for an adb:/ios: address (default: android / ios)"),
+    profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
+    benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary", help="adb: TFLite benchmark_model binary to push"),
+    runner: Optional[str] = typer.Option(None, "--runner", help="adb: benchmark_model (default for s8) or python"),
+    token: Optional[str] = typer.Option(None, "--token", help="ios: pairing token shown by the companion app"),
+    option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Measure every op of a search space on a device and write (or extend) its LUT CSV."""
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.errors import InputError
+    from fbprof.profiler.export import ArtifactCache
+    from fbprof.profiler.loop import LoopConfig
+    from fbprof.profiler.session import MeasureRequest, measure_lut
+    from fbprof.space import load_space
+
+    prof, address = resolve_device(device, profile, load_profiles(profiles))
+    be = backend or prof.backend
+    th = threads or prof.threads
+    sp = load_space(space, resolution, width)
+    try:
+        loop = LoopConfig(warmup_runs=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max(max_time, min_time),
+                          max_runs=max(10_000, min_runs))
+    except ValueError as e:
+        raise InputError(f"measuring options: {e}") from None
+    opts: dict = {}
+    for item in option:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        opts[k] = v
+    for k, v in (("benchmark_binary", benchmark_binary), ("runner", runner), ("token", token)):
+        if v is not None:
+            opts[k] = str(v)
+    if out is None:
+        safe = device.replace(":", "_").replace("/", "_")
+        out = Path(f"{safe}-{be}.csv")
+    listener = ProgressListener(quiet=quiet)
+    with open_device(prof, address, opts) as dev:
+        req = MeasureRequest(
+            specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
+            spaces=[f"{sp.name}@{sp.resolution}/w{sp.width:g}"], remeasure=remeasure,
+            cache=ArtifactCache(cache_dir), export_workers=workers, command=command_line(),
+        )
+        summary = measure_lut(req, listener)
+    print_summary(summary)
+    if summary.failed or summary.counts.get("invalid", 0):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("measure")(measure)

@@ -1,0 +1,265 @@
+"""Exporters (one per deployment format) and the content-addressed artifact cache.
+
+Every exporter has the same signature: ``export(module, example, path, options) -> layout`` where
+``layout`` is ``"nchw"`` or ``"nhwc"`` (the layout the exported graph takes and returns). The cache
+key hashes (op key, format, exporter version, torch version, builder version, options), so a cached
+artifact is reused only when it would be rebuilt identically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import logging
+import os
+import shutil
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from fbprof.devices.base import Artifact
+from fbprof.errors import InputError, MeasurementError, MissingExtraError
+from fbprof.spec import OpSpec
+
+__all__ = ["Exporter", "EXPORTERS", "exporter", "ArtifactCache", "export_module", "export_op", "export_ops",
+           "default_cache_dir", "BUILDER_VERSION"]
+
+#: bump when ops.py changes what a key builds, so cached artifacts are rebuilt
+BUILDER_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Exporter:
+    format: str
+    suffix: str
+    extra: str | None  # pip extra that provides the converter
+    module: str  # converter module that must be importable
+    target: str  # "module:function" implementing export(module, example, path, options) -> layout
+    description: str
+
+    def version(self) -> str:
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError:
+            return "missing"
+        return str(getattr(mod, "__version__", "unknown"))
+
+    def load(self) -> Callable:
+        try:
+            importlib.import_module(self.module)
+        except ImportError:
+            raise MissingExtraError(f"exporting to {self.format}", self.extra or "all", self.module) from None
+        mod_name, fn = self.target.split(":")
+        return getattr(importlib.import_module(mod_name), fn)
+
+
+EXPORTERS: dict[str, Exporter] = {
+    e.format: e
+    for e in (
+        Exporter("onnx", ".onnx", None, "onnxscript", "fbprof.profiler.export:export_onnx",
+                 "ONNX through torch.onnx.export (dynamo exporter), opset 18"),
+        Exporter("torchscript", ".pt", None, "torch", "fbprof.profiler.export:export_torchscript",
+                 "TorchScript (traced, frozen)"),
+    )
+}
+
+
+def exporter(fmt: str) -> Exporter:
+    try:
+        return EXPORTERS[fmt]
+    except KeyError:
+        raise InputError(f"unknown format {fmt!r}; known formats: {', '.join(EXPORTERS)}") from None
+
+
+@contextlib.contextmanager
+def quiet() -> Iterable[None]:
+    """Silence converters' chatter (warnings, logging, stdout) around one export."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "onnxscript", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def export_onnx(module, example, path: Path, options: dict) -> str:
+    import torch
+
+    with quiet(), torch.no_grad():
+        prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=int(options.get("opset", 18)),
+                                 input_names=["input"], output_names=["output"], verbose=False)
+        prog.save(str(path))
+    return "nchw"
+
+
+def export_torchscript(module, example, path: Path, options: dict) -> str:
+    import torch
+
+    with quiet(), torch.no_grad():
+        traced = torch.jit.trace(module, example)
+        traced = torch.jit.freeze(traced.eval())
+        torch.jit.save(traced, str(path))
+    return "nchw"
+
+
+# ------------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    env = os.environ.get("FBPROF_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fbprof" / "artifacts"
+
+
+class ArtifactCache:
+    """Artifacts stored under ``root/<sha256>/`` (model file, input.npy, expected.npy, meta.json)."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def digest(self, key: str, fmt: str, options: dict) -> str:
+        import torch
+
+        ident = {
+            "key": key, "format": fmt, "converter": exporter(fmt).version(), "torch": torch.__version__,
+            "builder": BUILDER_VERSION, "options": options,
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+    def folder(self, key: str, fmt: str, options: dict) -> Path:
+        return self.root / self.digest(key, fmt, options)
+
+    def get(self, key: str, fmt: str, options: dict) -> Artifact | None:
+        folder = self.folder(key, fmt, options)
+        if (folder / "meta.json").exists():
+            try:
+                return Artifact.load(folder)
+            except (OSError, ValueError, KeyError):
+                shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+
+def _to_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "nhwc" and a.ndim == 4:
+        return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
+    return a
+
+
+def export_module(module, example, key: str, fmt: str, folder: Path, options: dict | None = None) -> Artifact:
+    """Export ``module`` (eval mode) on ``example`` into ``folder`` atomically; returns the artifact."""
+    import torch
+
+    options = dict(options or {})
+    exp = exporter(fmt)
+    fn = exp.load()
+    with torch.no_grad():
+        expected = module(example).detach().numpy()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model_path = tmp / f"model{exp.suffix}"
+        try:
+            layout = fn(module, example, model_path, options)
+        except MissingExtraError:
+            raise
+        except Exception as e:  # converter failures carry the op key
+            raise MeasurementError(f"exporting {key} to {fmt} failed: {type(e).__name__}: {str(e)[:500]}") from e
+        art = Artifact(key, fmt, model_path, _to_layout(example.numpy(), layout), _to_layout(expected, layout), layout,
+                       {"options": options})
+        art.save_arrays(tmp)
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Artifact.load(folder)
+
+
+def export_op(spec: OpSpec, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
+    """The artifact of one op, from the cache or freshly exported."""
+    from fbprof.profiler.ops import build_calibrated_op, example_input
+
+    options = dict(options or {})
+    hit = cache.get(spec.key, fmt, options)
+    if hit is not None:
+        return hit
+    module = build_calibrated_op(spec)
+    return export_module(module, example_input(spec), spec.key, fmt, cache.folder(spec.key, fmt, options), options)
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        except OSError:
+            pass
+
+
+def _export_one(key: str, fmt: str, root: str, options: dict) -> str:
+    export_op(OpSpec.parse(key), fmt, ArtifactCache(root), options)
+    return key
+
+
+def export_ops(
+    specs: list[OpSpec],
+    fmt: str,
+    cache: ArtifactCache,
+    options: dict | None = None,
+    workers: int = 1,
+    on_done: Callable[[str], None] | None = None,
+) -> dict[str, Artifact | MeasurementError]:
+    """Export many ops (in ``workers`` processes when > 1); failures are returned, not raised."""
+    options = dict(options or {})
+    out: dict[str, Artifact | MeasurementError] = {}
+    todo = []
+    for s in specs:
+        hit = cache.get(s.key, fmt, options)
+        if hit is not None:
+            out[s.key] = hit
+            if on_done:
+                on_done(s.key)
+        else:
+            todo.append(s)
+    exporter(fmt).load()  # a missing extra is an error for the whole run
+    if workers > 1 and len(todo) > 2:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futs = {pool.submit(_export_one, s.key, fmt, str(cache.root), options): s for s in todo}
+            for fut in as_completed(futs):
+                s = futs[fut]
+                try:
+                    fut.result()
+                    out[s.key] = cache.get(s.key, fmt, options) or MeasurementError(f"{s.key}: export left no artifact")
+                except MeasurementError as e:
+                    out[s.key] = e
+                except Exception as e:  # noqa: BLE001 - a worker died
+                    out[s.key] = MeasurementError(f"exporting {s.key} to {fmt} failed: {type(e).__name__}: {e}")
+                if on_done:
+                    on_done(s.key)
+    else:
+        for s in todo:
+            try:
+                out[s.key] = export_op(s, fmt, cache, options)
+            except MeasurementError as e:
+                out[s.key] = e
+            if on_done:
+                on_done(s.key)
+    return out

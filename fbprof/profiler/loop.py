@@ -1,0 +1,198 @@
+"""The one measuring loop, and the statistics of its samples.
+
+Standard library only: this file is also copied to devices that run Python (the ADB python runner),
+so every device measures with exactly the same loop.
+
+Protocol (after TFLite's benchmark_model, Google Benchmark and pyperf):
+
+1. warm-up: at least ``warmup_runs`` calls and at least ``warmup_min_s`` seconds;
+2. calibration: sub-millisecond work is repeated inside one timed sample so that a sample lasts
+   about ``target_sample_s`` (the per-inference time is the sample's time divided by the repeats);
+3. samples until both ``min_runs`` samples and ``min_time_s`` seconds are reached, capped by
+   ``max_runs`` samples and ``max_time_s`` seconds; a row that hits the time cap before ``min_runs``
+   samples is *invalid*;
+4. a row whose coefficient of variation is >= ``cv_threshold`` is measured again after
+   ``retry_pause_s`` (up to ``retries`` times) and marked *unstable* if it stays noisy.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Callable
+
+OK, UNSTABLE, INVALID = "ok", "unstable", "invalid"
+STATUSES = (OK, UNSTABLE, INVALID)
+MIN_SAMPLES_FOR_PERCENTILES = 10
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    warmup_runs: int = 3
+    warmup_min_s: float = 0.05
+    min_runs: int = 50
+    min_time_s: float = 0.25
+    max_runs: int = 10_000
+    max_time_s: float = 10.0
+    target_sample_s: float = 0.001
+    cv_threshold: float = 0.10
+    retries: int = 1
+    retry_pause_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.min_runs < 1 or self.max_runs < self.min_runs:
+            raise ValueError("need 1 <= min_runs <= max_runs")
+        if self.min_time_s < 0 or self.max_time_s <= 0 or self.max_time_s < self.min_time_s:
+            raise ValueError("need 0 <= min_time_s <= max_time_s and max_time_s > 0")
+        if self.warmup_runs < 0 or self.retries < 0 or self.target_sample_s < 0:
+            raise ValueError("warmup_runs, retries and target_sample_s must be >= 0")
+
+    def describe(self) -> str:
+        return ";".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoopConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class LoopResult:
+    """Per-inference times in seconds, and how they were taken."""
+
+    samples: list[float]
+    repeats: int
+    capped: bool  # the time or run cap ended sampling before min_runs
+    elapsed_s: float  # wall time spent inside this loop (warm-up included)
+
+
+@dataclass(frozen=True)
+class Stats:
+    n: int
+    repeats: int
+    median: float
+    p10: float | None
+    p90: float | None
+    mean: float
+    std: float
+    cv: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: list[float], repeats: int = 1) -> "Stats":
+        if not samples:
+            raise ValueError("no samples")
+        xs = sorted(samples)
+        n = len(xs)
+        mean = statistics.fmean(xs)
+        std = statistics.stdev(xs) if n > 1 else 0.0
+        p10 = p90 = None
+        if n >= MIN_SAMPLES_FOR_PERCENTILES:
+            q = statistics.quantiles(xs, n=10, method="inclusive")
+            p10, p90 = q[0], q[-1]
+        return cls(n, repeats, statistics.median(xs), p10, p90, mean, std, std / mean if mean > 0 else 0.0, xs[0], xs[-1])
+
+    def scaled(self, factor: float) -> "Stats":
+        """The same statistics in another unit (``cv`` and counts unchanged)."""
+
+        def s(v: float | None) -> float | None:
+            return None if v is None else v * factor
+
+        return Stats(self.n, self.repeats, self.median * factor, s(self.p10), s(self.p90), self.mean * factor,
+                     self.std * factor, self.cv, self.min * factor, self.max * factor)
+
+
+@dataclass
+class Measurement:
+    """The outcome of measuring one op: statistics of the kept attempt, status and history."""
+
+    stats: Stats
+    status: str
+    attempts: int
+    loop_s: float  # total wall time inside measuring loops, all attempts
+    notes: list[str] = field(default_factory=list)
+
+
+def run_loop(
+    fn: Callable[[], object],
+    cfg: LoopConfig,
+    clock: Callable[[], float] = time.perf_counter,
+) -> LoopResult:
+    """Warm up, calibrate repeats, then take samples of ``fn``'s per-call time."""
+    start = clock()
+    done = 0
+    while done < cfg.warmup_runs or clock() - start < cfg.warmup_min_s:
+        t0 = clock()
+        fn()
+        done += 1
+        if clock() - t0 > cfg.max_time_s:  # a single call longer than the cap: stop warming
+            break
+    # calibrate: how many calls make one sample last target_sample_s
+    t0 = clock()
+    fn()
+    one = max(clock() - t0, 1e-9)
+    repeats = max(1, min(10_000, math.ceil(cfg.target_sample_s / one))) if cfg.target_sample_s > 0 else 1
+    samples: list[float] = []
+    s_start = clock()
+    capped = False
+    while True:
+        elapsed = clock() - s_start
+        if len(samples) >= cfg.min_runs and elapsed >= cfg.min_time_s:
+            break
+        if len(samples) >= cfg.max_runs or elapsed >= cfg.max_time_s:
+            capped = len(samples) < cfg.min_runs
+            break
+        t0 = clock()
+        for _ in range(repeats):
+            fn()
+        samples.append((clock() - t0) / repeats)
+    return LoopResult(samples, repeats, capped, clock() - start)
+
+
+def judge(stats: Stats, capped: bool, cfg: LoopConfig) -> str:
+    if capped:
+        return INVALID
+    if stats.cv >= cfg.cv_threshold:
+        return UNSTABLE
+    return OK
+
+
+def measure(
+    fn: Callable[[], object],
+    cfg: LoopConfig,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[int, float], None] | None = None,
+) -> Measurement:
+    """Run the loop; re-measure a noisy result after a pause; keep the least noisy attempt."""
+    attempts = 0
+    loop_s = 0.0
+    best: tuple[Stats, str] | None = None
+    notes: list[str] = []
+    while True:
+        res = run_loop(fn, cfg, clock)
+        attempts += 1
+        loop_s += res.elapsed_s
+        stats = Stats.of(res.samples, res.repeats)
+        status = judge(stats, res.capped, cfg)
+        if status == INVALID:
+            notes.append(f"hit the cap after {stats.n} of {cfg.min_runs} samples")
+        if best is None or (status != INVALID and (best[1] == INVALID or stats.cv < best[0].cv)):
+            best = (stats, status)
+        if best[1] != UNSTABLE or attempts > cfg.retries:
+            break
+        if on_retry is not None:
+            on_retry(attempts, stats.cv)
+        sleep(cfg.retry_pause_s)
+    stats, status = best
+    if status == UNSTABLE:
+        notes.append(f"cv {stats.cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
+    elif attempts > 1:
+        notes.append(f"re-measured after a noisy attempt ({attempts} attempts)")
+    return Measurement(stats, status, attempts, loop_s, notes)

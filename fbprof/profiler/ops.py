@@ -1,0 +1,162 @@
+"""PyTorch builders for every block kind, and whole architectures from the same builders.
+
+``build_op(spec)`` returns the module an :class:`~fbprof.spec.OpSpec` stands for; ``build_arch(arch)``
+chains them into a network. Weights are initialised deterministically from the op key, and
+:func:`calibrate` gives BatchNorm realistic running statistics (a few forward passes of N(0, 1)
+input in training mode) so that folded-BN exports carry realistic activations instead of
+shrinking towards denormal floats (REFERENCE section 5).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+from torch import nn
+
+from fbprof.space import Arch
+from fbprof.spec import OpSpec
+
+__all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for", "ACTIVATIONS_NOTE"]
+
+#: recorded in LUT headers: how the measured ops' activations were made realistic
+ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
+
+
+def seed_for(key: str) -> int:
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
+
+
+class ChannelShuffle(nn.Module):
+    """Channel shuffle written as reshape/transpose/reshape with static shapes (exports everywhere)."""
+
+    def __init__(self, groups: int, channels: int, h: int, w: int) -> None:
+        super().__init__()
+        self.groups, self.channels, self.h, self.w = groups, channels, h, w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, c = self.groups, self.channels
+        x = x.reshape(1, g, c // g, self.h, self.w)
+        x = x.transpose(1, 2)
+        return x.reshape(1, c, self.h, self.w)
+
+
+def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, relu: bool = True) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=False))
+    return layers
+
+
+class InvertedResidual(nn.Module):
+    """1x1 (group) conv expand + BN + ReLU [+ shuffle] -> KxK depthwise + BN + ReLU -> 1x1 (group) conv + BN."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        super().__init__()
+        b = spec.block
+        mid = spec.mid_channels
+        layers: list[nn.Module] = []
+        if b.expansion != 1:
+            layers += _conv_bn(spec.cin, mid, 1, 1, groups=b.groups)
+        if b.groups > 1:
+            layers.append(ChannelShuffle(b.groups, mid, spec.h, spec.w))
+        layers += _conv_bn(mid, mid, b.kernel, spec.stride, groups=mid)
+        layers += _conv_bn(mid, spec.cout, 1, 1, groups=b.groups, relu=False)
+        self.body = nn.Sequential(*layers)
+        self.residual = spec.has_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class GlobalAvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(torch.mean(x, dim=(2, 3), keepdim=True), 1)
+
+
+def _init(module: nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
+            with torch.no_grad():
+                m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=gen)
+        elif isinstance(m, nn.Linear):
+            with torch.no_grad():
+                m.weight.normal_(0.0, 0.01, generator=gen)
+                m.bias.zero_()
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def build_op(spec: OpSpec, init: bool = True) -> nn.Module:
+    """The torch module of one op (eval mode, BN not yet calibrated)."""
+    b = spec.block
+    if b.kind == "ir":
+        m: nn.Module = InvertedResidual(spec)
+    elif b.kind == "skip":
+        m = nn.Identity() if spec.is_identity else nn.Sequential(*_conv_bn(spec.cin, spec.cout, 1, spec.stride, relu=False))
+    elif b.kind in ("stem", "head"):
+        m = nn.Sequential(*_conv_bn(spec.cin, spec.cout, b.kernel, spec.stride))
+    elif b.kind == "pool":
+        m = GlobalAvgPool()
+    elif b.kind == "fc":
+        m = nn.Linear(spec.cin, spec.cout)
+    else:  # pragma: no cover - parse_block rejects anything else
+        raise AssertionError(b.kind)
+    if init:
+        _init(m, seed_for(spec.key))
+    return m.eval()
+
+
+@torch.no_grad()
+def calibrate(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0, batches: int = 4, batch: int = 8) -> nn.Module:
+    """Set BN running statistics from forward passes of N(0, 1) input; returns the module in eval mode."""
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return module.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    module.train()
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, *input_shape[1:])
+    for _ in range(batches):
+        module(torch.randn(shape, generator=gen))
+    return module.eval()
+
+
+def example_input(spec_or_shape: OpSpec | tuple[int, ...], seed: int | None = None) -> torch.Tensor:
+    shape = spec_or_shape.input_shape if isinstance(spec_or_shape, OpSpec) else spec_or_shape
+    s = seed if seed is not None else (seed_for(spec_or_shape.key) if isinstance(spec_or_shape, OpSpec) else 0)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(s + 1))
+
+
+def build_calibrated_op(spec: OpSpec) -> nn.Module:
+    return calibrate(build_op(spec), spec.input_shape, seed=seed_for(spec.key))
+
+
+class ArchNet(nn.Module):
+    """A whole architecture: stem, searched blocks (identity skips kept), head, pool, FC."""
+
+    def __init__(self, arch: Arch) -> None:
+        super().__init__()
+        self.layer_names = [name for name, _ in arch.ops()]
+        self.layers = nn.ModuleList(build_op(spec) for _, spec in arch.ops())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def build_arch(arch: Arch, calibrated: bool = True) -> ArchNet:
+    net = ArchNet(arch)
+    if calibrated:
+        calibrate(net, (1, arch.space.in_channels, arch.space.resolution, arch.space.resolution), seed=seed_for(arch.name))
+    return net.eval()

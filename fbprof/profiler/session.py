@@ -1,0 +1,221 @@
+"""Building a LUT: export what is missing, measure it on a device, append rows, resume after a crash.
+
+``measure_lut`` is the single orchestration used by every device. It reports through a
+:class:`Listener` (progress bars live in the CLI, not here). Rows go to a journal
+(``<out>.partial``) one at a time, flushed and fsynced; the LUT itself is rewritten atomically,
+sorted, when the run ends, is interrupted or fails, so at most the row in flight is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fbprof import __version__
+from fbprof.devices.base import Artifact, Device, backend_info
+from fbprof.errors import InputError, MeasurementError
+from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, read_lut, write_lut
+from fbprof.profiler.export import ArtifactCache, export_ops
+from fbprof.profiler.loop import INVALID, LoopConfig, STATUSES
+from fbprof.spec import OpSpec
+
+__all__ = ["Listener", "MeasureRequest", "MeasureSummary", "measure_lut", "check_output", "build_header"]
+
+
+class Listener:
+    """Receives progress events from :func:`measure_lut`. Every method is optional."""
+
+    def on_start(self, total: int, todo: int, reused: int) -> None: ...
+    def on_export_start(self, count: int) -> None: ...
+    def on_export_done(self, key: str) -> None: ...
+    def on_row_start(self, key: str, index: int, count: int) -> None: ...
+    def on_retry(self, key: str, attempt: int, cv: float) -> None: ...
+    def on_row_done(self, row: LutRow) -> None: ...
+    def on_note(self, message: str) -> None: ...
+    def on_finish(self, summary: "MeasureSummary") -> None: ...
+
+
+@dataclass
+class MeasureRequest:
+    specs: list[OpSpec]
+    out: Path
+    device: Device
+    backend: str
+    threads: int = 1
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    spaces: list[str] = field(default_factory=list)  # e.g. ["fbnet@224/w1.0"]
+    remeasure: bool = False
+    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    export_workers: int = 1
+    export_options: dict = field(default_factory=dict)
+    command: str = ""
+    check_atol: float = 1e-3  # relative to max(1, max |expected|)
+
+
+@dataclass
+class MeasureSummary:
+    path: Path
+    counts: dict[str, int]
+    measured: int
+    reused: int
+    failed: dict[str, str]
+    wall_s: float
+    loop_s: float
+    export_s: float
+    interrupted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def check_output(expected: np.ndarray, got: np.ndarray | None, atol: float = 1e-3) -> str | None:
+    """None when the runtime's output matches torch's; else the reason."""
+    if got is None:
+        return None
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        if got.size == expected.size:
+            got = got.reshape(expected.shape)
+        else:
+            return f"output shape {tuple(got.shape)} != torch {tuple(expected.shape)}"
+    if not np.all(np.isfinite(got)):
+        return "output has NaN or inf"
+    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
+    err = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
+    if err > atol * scale:
+        return f"output differs from torch: max abs error {err:.3g} > {atol * scale:.3g}"
+    return None
+
+
+def build_header(req: MeasureRequest) -> dict[str, str]:
+    from fbprof.profiler.ops import ACTIVATIONS_NOTE
+
+    import torch
+
+    info = backend_info(req.backend)
+    h = {
+        "backend": req.backend,
+        "format": info.format,
+        "threads": str(req.threads),
+        "spaces": ", ".join(sorted(set(req.spaces))) or "-",
+        "units": "microseconds per inference, batch 1, float32",
+        "activations": ACTIVATIONS_NOTE,
+        "loop": req.loop.describe(),
+        "torch": torch.__version__,
+        "fbprof": __version__,
+    }
+    if req.command:
+        h["command"] = req.command
+    h.update(req.device.fingerprint(req.backend, req.threads))
+    return h
+
+
+def _check_identity(old: dict[str, str], new: dict[str, str], where: str) -> None:
+    diffs = [f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in IDENTITY_FIELDS if old.get(k) != new.get(k)]
+    if diffs:
+        raise InputError(
+            f"{where} was measured differently, its rows cannot be mixed with this run's:\n  " + "\n  ".join(diffs),
+            hint="write to another --out, or delete the file to start over",
+        )
+
+
+def _row_from(key: str, result, expected: np.ndarray, atol: float, env: dict[str, str]) -> LutRow:
+    m = result.measurement
+    status, notes = m.status, list(m.notes)
+    problem = check_output(expected, result.output, atol)
+    if problem:
+        status = INVALID
+        notes.insert(0, problem)
+    elif result.output is None:
+        notes.append("output not checked (runner returns no output)")
+    env_all = {**env, **result.env}
+    env_s = ";".join(f"{k}={v}" for k, v in sorted(env_all.items()))
+    return LutRow(key, status, m.stats.scaled(1e6), env_s, "; ".join(notes))
+
+
+def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> MeasureSummary:
+    lis = listener or Listener()
+    t_start = time.perf_counter()
+    req.device.check_backend(req.backend)
+    header = build_header(req)
+    out = Path(req.out)
+    rows: dict[str, LutRow] = {}
+    notes: list[str] = []
+    if out.exists():
+        existing = read_lut(out)
+        _check_identity(existing.header, header, str(out))
+        rows.update(existing.rows)
+        old_spaces = [s.strip() for s in existing.header.get("spaces", "").split(",") if s.strip() and s.strip() != "-"]
+        header["spaces"] = ", ".join(sorted(set(old_spaces) | set(req.spaces)))
+    journal = Journal(out)
+    if journal.exists():
+        jh, jrows, jnotes = journal.read()
+        if jh:
+            _check_identity(jh, header, str(journal.path))
+        rows.update(jrows)
+        notes += jnotes
+        if jrows:
+            notes.append(f"resumed: {len(jrows)} rows recovered from {journal.path.name}")
+    wanted = {s.key: s for s in req.specs if not s.is_identity}
+    if req.remeasure:
+        todo = sorted(wanted.values(), key=lambda s: s.key)
+    else:
+        todo = [s for k, s in sorted(wanted.items()) if k not in rows]
+    reused = len(wanted) - len(todo)
+    lis.on_start(len(wanted), len(todo), reused)
+    for n in notes:
+        lis.on_note(n)
+
+    failed: dict[str, str] = {}
+    measured = 0
+    loop_s = 0.0
+    export_s = 0.0
+    interrupted = False
+    journal.start(header)
+    try:
+        t0 = time.perf_counter()
+        lis.on_export_start(len(todo))
+        artifacts = export_ops(todo, backend_info(req.backend).format, req.cache, req.export_options,
+                               workers=req.export_workers, on_done=lis.on_export_done)
+        export_s = time.perf_counter() - t0
+        for i, spec in enumerate(todo):
+            art = artifacts[spec.key]
+            if isinstance(art, MeasurementError):
+                failed[spec.key] = art.message
+                lis.on_note(f"{spec.key}: {art.message}")
+                continue
+            lis.on_row_start(spec.key, i, len(todo))
+            try:
+                row = _measure_one(req, spec.key, art, lis)
+            except MeasurementError as e:
+                failed[spec.key] = e.message
+                lis.on_note(e.message)
+                continue
+            loop_s += row[1]
+            rows[spec.key] = row[0]
+            journal.append(row[0])
+            measured += 1
+            lis.on_row_done(row[0])
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        journal.close()
+        write_lut(out, header, rows.values())
+        journal.remove()
+        counts = {s: 0 for s in STATUSES}
+        for k in wanted:
+            if k in rows:
+                counts[rows[k].status] += 1
+        summary = MeasureSummary(out, counts, measured, reused, failed, time.perf_counter() - t_start, loop_s, export_s,
+                                 interrupted, notes)
+        lis.on_finish(summary)
+    return summary
+
+
+def _measure_one(req: MeasureRequest, key: str, art: Artifact, lis: Listener) -> tuple[LutRow, float]:
+    env = req.device.before_row(key)
+    result = req.device.measure(art, req.backend, req.loop, req.threads,
+                                on_retry=lambda attempt, cv: lis.on_retry(key, attempt, cv))
+    return _row_from(key, result, art.expected, req.check_atol, env), result.measurement.loop_s

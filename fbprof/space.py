@@ -1,0 +1,416 @@
+"""Search spaces and architectures as data, decoded in one place (torch-free).
+
+A *space* file (YAML or JSON) gives the macro-architecture: stem, stages of searched layers with their
+candidate blocks, head channels and classes. Resolving it at an input resolution and width multiplier
+gives every layer's exact shape. An *architecture* file names a space and picks one block per searched
+layer. Packaged spaces (``fbnet``, ``tiny``) and architectures (``fbnet-a``, ``fbnet-b``, ``fbnet-c``) live in
+``fbprof/data`` and are read only when asked for.
+
+Width rule: every channel count (stem, stages, head) is ``make_divisible(c * width, channel_divisor)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fbprof.errors import FileFormatError, InputError
+from fbprof.spec import OpSpec, make_divisible, parse_block
+
+__all__ = [
+    "Layer",
+    "Space",
+    "Arch",
+    "load_space",
+    "load_arch",
+    "space_names",
+    "arch_names",
+    "read_data_file",
+]
+
+SCHEMA = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# reading YAML/JSON with line numbers
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+class _LinedDict(dict):
+    """A dict that remembers the line (1-based) of each key."""
+
+    lines: dict[str, int]
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LinedDict:
+    d = _LinedDict(loader.construct_mapping(node, deep=True))
+    d.lines = {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+    d.lines["__self__"] = node.start_mark.line + 1
+    return d
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_data_file(path: str | Path, text: str | None = None) -> Any:
+    """Read a YAML or JSON file; errors name the file and line."""
+    path = Path(path)
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot read: {e}") from None
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except json.JSONDecodeError as e:
+        raise FileFormatError(str(path), [f"{path}:{e.lineno}: invalid JSON: {e.msg}"]) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise FileFormatError(str(path), [f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
+
+
+class _Fields:
+    """Pulls typed fields out of a decoded mapping, collecting every problem with its line."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+
+    def where(self, d: Any, key: str | None = None) -> str:
+        lines = getattr(d, "lines", {})
+        line = lines.get(key, lines.get("__self__", 1)) if key else lines.get("__self__", 1)
+        return f"{self.path}:{line}"
+
+    def bad(self, d: Any, key: str | None, what: str) -> None:
+        self.problems.append(f"{self.where(d, key)}: {what}")
+
+    def mapping(self, d: Any, ctx: str) -> dict:
+        if not isinstance(d, dict):
+            self.problems.append(f"{self.path}:{getattr(d, 'lines', {}).get('__self__', 1)}: {ctx} must be a mapping")
+            return {}
+        return d
+
+    def pos_int(self, d: dict, key: str, ctx: str, default: int | None = None) -> int:
+        v = d.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            self.bad(d, key if key in d else None, f"{ctx}{key}: expected a positive integer, got {v!r}")
+            return default or 1
+        return v
+
+    def unknown(self, d: dict, allowed: set[str], ctx: str) -> None:
+        for k in d:
+            if k not in allowed:
+                self.bad(d, k, f"{ctx}unknown field {k!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layer:
+    """A searched layer of a resolved space."""
+
+    name: str  # "L01".."L22"
+    stage: int
+    cin: int
+    h: int
+    w: int
+    cout: int
+    stride: int
+    candidates: tuple[str, ...]
+
+    def spec(self, block: str) -> OpSpec:
+        if block not in self.candidates:
+            raise InputError(f"layer {self.name}: {block!r} is not a candidate (candidates: {', '.join(self.candidates)})")
+        return OpSpec(block, self.cin, self.h, self.w, self.cout, self.stride)
+
+
+@dataclass(frozen=True)
+class Space:
+    """A search space resolved at one resolution and width: every layer's shape is known."""
+
+    name: str
+    source: str  # packaged name or file path
+    resolution: int
+    width: float
+    num_classes: int
+    in_channels: int
+    stem: OpSpec
+    layers: tuple[Layer, ...]
+    head_channels: tuple[int, ...]  # first is the default
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def final_hw(self) -> tuple[int, int]:
+        last = self.layers[-1] if self.layers else None
+        if last is None:
+            return self.stem.out_hw
+        return OpSpec(last.candidates[0], last.cin, last.h, last.w, last.cout, last.stride).out_hw
+
+    @property
+    def last_channels(self) -> int:
+        return self.layers[-1].cout if self.layers else self.stem.cout
+
+    def tail_specs(self, head_channels: int | None = None) -> list[tuple[str, OpSpec]]:
+        """Head conv, pool and FC for one head width."""
+        hc = self.head_channels[0] if head_channels is None else head_channels
+        if hc not in self.head_channels:
+            raise InputError(
+                f"space {self.name}: head channels {hc} not offered (offered: {', '.join(map(str, self.head_channels))})"
+            )
+        h, w = self.final_hw
+        return [
+            ("head", OpSpec("head", self.last_channels, h, w, hc, 1)),
+            ("pool", OpSpec("pool", hc, h, w, hc, 1)),
+            ("fc", OpSpec("fc", hc, 1, 1, self.num_classes, 1)),
+        ]
+
+    def all_specs(self) -> list[OpSpec]:
+        """Every unique op a LUT for this space needs (identity skips excluded), sorted by key."""
+        specs = {self.stem}
+        for layer in self.layers:
+            for block in layer.candidates:
+                s = layer.spec(block)
+                if not s.is_identity:
+                    specs.add(s)
+        for hc in self.head_channels:
+            specs.update(s for _, s in self.tail_specs(hc))
+        return sorted(specs, key=lambda s: s.key)
+
+    def params(self) -> dict[str, Any]:
+        return {"space": self.name, "resolution": self.resolution, "width": self.width}
+
+    def arch(self, blocks: list[str] | tuple[str, ...], head_channels: int | None = None, name: str = "arch") -> "Arch":
+        if len(blocks) != len(self.layers):
+            raise InputError(f"arch {name}: {len(blocks)} blocks given, space {self.name} has {len(self.layers)} searched layers")
+        for layer, b in zip(self.layers, blocks):
+            layer.spec(b)  # validates
+        hc = self.head_channels[0] if head_channels is None else head_channels
+        self.tail_specs(hc)
+        return Arch(name=name, space=self, blocks=tuple(blocks), head_channels=hc)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One architecture: a block per searched layer of a resolved space."""
+
+    name: str
+    space: Space
+    blocks: tuple[str, ...]
+    head_channels: int
+
+    def ops(self) -> list[tuple[str, OpSpec]]:
+        """(layer name, op) for every layer in order, identity skips included."""
+        out: list[tuple[str, OpSpec]] = [("stem", self.space.stem)]
+        out += [(layer.name, layer.spec(b)) for layer, b in zip(self.space.layers, self.blocks)]
+        out += self.space.tail_specs(self.head_channels)
+        return out
+
+    def macs(self) -> int:
+        return sum(s.macs() for _, s in self.ops())
+
+    def params(self) -> int:
+        return sum(s.params() for _, s in self.ops())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "name": self.name,
+            "space": self.space.source,
+            "resolution": self.space.resolution,
+            "width": self.space.width,
+            "head_channels": self.head_channels,
+            "blocks": list(self.blocks),
+        }
+
+    def dump(self, path: str | Path) -> None:
+        from fbprof.fileio import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------
+def _packaged(kind: str) -> dict[str, Any]:
+    root = resources.files("fbprof") / "data" / kind
+    return {p.name.rsplit(".", 1)[0]: p for p in root.iterdir() if p.name.endswith((".yaml", ".yml", ".json"))}
+
+
+def space_names() -> list[str]:
+    return sorted(_packaged("spaces"))
+
+
+def arch_names() -> list[str]:
+    return sorted(_packaged("archs"))
+
+
+def _looks_like_path(s: str) -> bool:
+    return "/" in s or s.endswith((".yaml", ".yml", ".json")) or Path(s).exists()
+
+
+def _read_named(kind: str, name_or_path: str | Path) -> tuple[str, Path, Any]:
+    s = str(name_or_path)
+    if _looks_like_path(s):
+        p = Path(s)
+        return str(p), p, read_data_file(p)
+    found = _packaged(kind)
+    if s not in found:
+        what = kind[:-1]
+        raise InputError(f"unknown {what} {s!r}; known {what}s: {', '.join(sorted(found))} (or give a .yaml/.json file)")
+    res = found[s]
+    return s, Path(f"<fbprof>/{kind}/{res.name}"), read_data_file(Path(res.name), res.read_text(encoding="utf-8"))
+
+
+_SPACE_FIELDS = {
+    "schema", "name", "description", "resolution", "width", "channel_divisor", "in_channels",
+    "num_classes", "stem", "stages", "candidates", "head",
+}
+
+
+def load_space(name_or_path: str | Path = "fbnet", resolution: int | None = None, width: float | None = None) -> Space:
+    """Load a packaged space by name, or a space file, and resolve it at ``resolution`` and ``width``."""
+    source, path, data = _read_named("spaces", name_or_path)
+    return decode_space(data, str(path), source, resolution, width)
+
+
+def decode_space(data: Any, path: str, source: str, resolution: int | None = None, width: float | None = None) -> Space:
+    problems: list[str] = []
+    f = _Fields(path, problems)
+    d = f.mapping(data, "a space file")
+    if not d:
+        raise FileFormatError(path, problems or [f"{path}:1: empty space file"])
+    f.unknown(d, _SPACE_FIELDS, "")
+    if d.get("schema", SCHEMA) != SCHEMA:
+        f.bad(d, "schema", f"unsupported schema {d.get('schema')!r} (this fbprof reads schema {SCHEMA})")
+    name = d.get("name") or Path(path).stem
+    res = resolution if resolution is not None else f.pos_int(d, "resolution", "", 224)
+    if resolution is not None and resolution < 8:
+        raise InputError(f"resolution {resolution} is too small (at least 8)")
+    wmul = width if width is not None else d.get("width", 1.0)
+    if isinstance(wmul, bool) or not isinstance(wmul, (int, float)) or wmul <= 0:
+        if width is not None:
+            raise InputError(f"width multiplier must be > 0, got {width!r}")
+        f.bad(d, "width", f"width: expected a positive number, got {wmul!r}")
+        wmul = 1.0
+    wmul = float(wmul)
+    divisor = f.pos_int(d, "channel_divisor", "", 8)
+    in_ch = f.pos_int(d, "in_channels", "", 3)
+    classes = f.pos_int(d, "num_classes", "", 1000)
+
+    def ch(c: int) -> int:
+        return c if wmul == 1.0 else make_divisible(c * wmul, divisor)
+
+    default_cands = d.get("candidates")
+
+    def check_cands(cands: Any, where: dict, key: str) -> tuple[str, ...]:
+        if not isinstance(cands, list) or not cands or not all(isinstance(c, str) for c in cands):
+            f.bad(where, key, f"{key}: expected a non-empty list of block names")
+            return ()
+        for c in cands:
+            try:
+                if parse_block(c).kind not in ("ir", "skip"):
+                    f.bad(where, key, f"{key}: {c!r} cannot be a searched candidate")
+            except InputError as e:
+                f.bad(where, key, f"{key}: {e}")
+        if len(set(cands)) != len(cands):
+            f.bad(where, key, f"{key}: duplicate candidates")
+        return tuple(cands)
+
+    stem_d = f.mapping(d.get("stem", {}), "stem")
+    f.unknown(stem_d, {"channels", "stride"}, "stem.")
+    stem_c = ch(f.pos_int(stem_d, "channels", "stem.", 16))
+    stem_s = f.pos_int(stem_d, "stride", "stem.", 2)
+    stages = d.get("stages")
+    if not isinstance(stages, list) or not stages:
+        f.bad(d, "stages" if "stages" in d else None, "stages: expected a non-empty list")
+        stages = []
+    cands_top = check_cands(default_cands, d, "candidates") if default_cands is not None else None
+    head_d = f.mapping(d.get("head", {"channels": [1984]}), "head")
+    f.unknown(head_d, {"channels"}, "head.")
+    hcs = head_d.get("channels", [1984])
+    if isinstance(hcs, int):
+        hcs = [hcs]
+    if not isinstance(hcs, list) or not hcs or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in hcs):
+        f.bad(head_d, "channels", "head.channels: expected a positive integer or a list of them")
+        hcs = [1984]
+    head_channels = tuple(dict.fromkeys(ch(c) for c in hcs))
+
+    stem = None
+    layers: list[Layer] = []
+    try:
+        stem = OpSpec("stem", in_ch, res, res, stem_c, stem_s)
+    except InputError as e:
+        problems.append(f"{f.where(stem_d)}: stem: {e}")
+    if stem is not None:
+        cin, (h, w) = stem.cout, stem.out_hw
+        for si, st in enumerate(stages, 1):
+            st = f.mapping(st, f"stages[{si - 1}]")
+            ctx = f"stages[{si - 1}]."
+            f.unknown(st, {"channels", "repeats", "stride", "candidates"}, ctx)
+            cout = ch(f.pos_int(st, "channels", ctx, 1))
+            reps = f.pos_int(st, "repeats", ctx, 1)
+            stride = f.pos_int(st, "stride", ctx, 1)
+            if "candidates" in st:
+                cands = check_cands(st["candidates"], st, "candidates")
+            elif cands_top is not None:
+                cands = cands_top
+            else:
+                f.bad(st, None, f"{ctx[:-1]}: no candidates (give candidates at the top or per stage)")
+                cands = ()
+            for r in range(reps):
+                s = stride if r == 0 else 1
+                if cands:
+                    layer = Layer(f"L{len(layers) + 1:02d}", si, cin, h, w, cout, s, cands)
+                    try:
+                        ops = [layer.spec(c) for c in cands]
+                        h, w = ops[0].out_hw
+                    except InputError as e:
+                        f.bad(st, None, f"{ctx[:-1]} layer {r}: {e}")
+                        break
+                    layers.append(layer)
+                cin = cout
+    if problems:
+        raise FileFormatError(path, problems)
+    assert stem is not None
+    return Space(name, source, res, wmul, classes, in_ch, stem, tuple(layers), head_channels, raw=dict(d))
+
+
+_ARCH_FIELDS = {"schema", "name", "space", "resolution", "width", "head_channels", "blocks", "description", "source"}
+
+
+def load_arch(name_or_path: str | Path, resolution: int | None = None, width: float | None = None) -> Arch:
+    """Load a packaged architecture (``fbnet-b``) or an architecture file."""
+    source, path, data = _read_named("archs", name_or_path)
+    problems: list[str] = []
+    f = _Fields(str(path), problems)
+    d = f.mapping(data, "an architecture file")
+    if not d:
+        raise FileFormatError(str(path), problems or [f"{path}:1: empty architecture file"])
+    f.unknown(d, _ARCH_FIELDS, "")
+    blocks = d.get("blocks")
+    if not isinstance(blocks, list) or not all(isinstance(b, str) for b in blocks):
+        f.bad(d, "blocks" if "blocks" in d else None, "blocks: expected a list of block names, one per searched layer")
+    space_ref = d.get("space", "fbnet")
+    if not isinstance(space_ref, str):
+        f.bad(d, "space", "space: expected a space name or file path")
+    if problems:
+        raise FileFormatError(str(path), problems)
+    if _looks_like_path(space_ref) and not Path(space_ref).is_absolute() and not str(path).startswith("<fbprof>"):
+        rel = Path(path).parent / space_ref
+        if rel.exists():
+            space_ref = str(rel)
+    res = resolution if resolution is not None else d.get("resolution")
+    wid = width if width is not None else d.get("width")
+    space = load_space(space_ref, res, wid)
+    try:
+        return space.arch(blocks, d.get("head_channels"), name=str(d.get("name") or Path(source).stem))
+    except InputError as e:
+        raise FileFormatError(str(path), [f"{f.where(d, 'blocks')}: {e.message}"]) from None
