@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-from fbprof.cli.common import ProgressListener, command_line, print_summary
+import shlex
+
+from fbprof.cli.common import ProgressListener, err_console, print_summary
 
 
 def measure(
@@ -59,15 +61,26 @@ def measure(
     for k, v in (("benchmark_binary", benchmark_binary), ("runner", runner), ("token", token)):
         if v is not None:
             opts[k] = str(v)
+    dev = open_device(prof, address, opts)
+    if backend is None and dev.supported_backends and be not in dev.supported_backends:
+        # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML): use what it runs
+        be = dev.supported_backends[0]
+        err_console.print(f"[yellow]{dev.name} cannot run {prof.backend}; measuring with {be} (--backend picks another)")
     if out is None:
         safe = device.replace(":", "_").replace("/", "_")
         out = Path(f"{safe}-{be}.csv")
+    # the canonical command that reproduces this LUT (recorded in its header)
+    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space, "--resolution", str(sp.resolution),
+           "--width", f"{sp.width:g}", "--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
+           "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
+    if profile:
+        cmd += ["--profile", profile]
     listener = ProgressListener(quiet=quiet)
-    with open_device(prof, address, opts) as dev:
+    with dev:
         req = MeasureRequest(
             specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
             spaces=[f"{sp.name}@{sp.resolution}/w{sp.width:g}"], remeasure=remeasure,
-            cache=ArtifactCache(cache_dir), export_workers=workers, command=command_line(),
+            cache=ArtifactCache(cache_dir), export_workers=workers, command=shlex.join(cmd),
         )
         summary = measure_lut(req, listener)
     print_summary(summary)

@@ -72,12 +72,17 @@ def _open_torch(artifact: Artifact, threads: int) -> Session:
 LOCAL_RUNTIMES: dict[str, str] = {
     "onnxruntime": "fbprof.devices.local:_open_ort",
     "torch": "fbprof.devices.local:_open_torch",
+    "litert": "fbprof.devices.runtimes_mobile:open_litert",
+    "executorch": "fbprof.devices.runtimes_mobile:open_executorch",
 }
 
 #: how each local runtime avoids denormal slowdowns (recorded in the LUT header)
 DENORMALS: dict[str, str] = {
     "onnxruntime": "session.set_denormal_as_zero=1",
     "torch": "torch.set_flush_denormal(True)",
+    # checked: a 1x1 conv (64 channels, weights 1) fed 1e-39 returns 0 in both runtimes, 6.4e-38 in torch eager
+    "litert": "XNNPACK default (denormals flushed to zero)",
+    "executorch": "XNNPACK default (denormals flushed to zero)",
 }
 
 
@@ -87,7 +92,15 @@ def _runtime_version(backend: str) -> str:
         mod = importlib.import_module(info.module)
     except ImportError:
         return "missing"
-    return f"{info.module} {getattr(mod, '__version__', 'unknown')}"
+    version = getattr(mod, "__version__", None)
+    if version is None:  # e.g. executorch keeps it in executorch.version / the distribution metadata
+        from importlib import metadata
+
+        try:
+            version = metadata.version(info.module.split(".")[0])
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+    return f"{info.module} {version}"
 
 
 def cpu_fingerprint() -> dict[str, str]:

@@ -1,21 +1,299 @@
-"""Calibration of LUT predictions against whole-network measurements (filled in by `fbprof verify`).
+"""Calibration of LUT predictions against whole-network measurements (fitted by `fbprof verify`).
 
-A LUT may carry a calibration in its header; :func:`calibration_of` returns it or None.
+The raw LUT sum treats every op as if it ran alone. Inside a whole network some ops run faster (warm
+caches at high resolution) and some slower (cold weights late in the network, the pool+FC), and the
+runtime adds a per-inference overhead. A calibration is a small linear correction of the LUT sum,
+fitted on measured whole networks:
+
+    calibrated = intercept_us + sum over groups g of scale_g * (LUT sum of the arch's ops in group g)
+
+Groups are named parts of the network: ``stem``, ``s1`` .. ``sN`` (the searched layers of stage N)
+and ``tail`` (head conv, pool, FC). Models (see :data:`MODELS`):
+
+* ``scale``: one group ``all``, no intercept;
+* ``linear``: one group ``all`` plus an intercept;
+* ``stages``: an intercept and three groups that split the network by position (``early``,
+  ``middle``, ``late``; the tail belongs to ``late``).
+
+A LUT carries its calibration as one header line, ``# calibration: {json}`` (docs/lut-format.md,
+section Calibration), tied to the exact rows it was fitted on by a digest: if the rows change,
+:func:`calibration_of` ignores the stale calibration.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
-from fbprof.lut.table import Lut
+from fbprof.errors import FileFormatError
+from fbprof.lut.table import Lut, LutRow, read_lut, write_lut
 from fbprof.space import Arch
 
-__all__ = ["Calibration", "calibration_of"]
+__all__ = [
+    "Calibration",
+    "LinearCalibration",
+    "FitReport",
+    "MODELS",
+    "HEADER_FIELD",
+    "CALIBRATION_SCHEMA",
+    "calibration_of",
+    "parse_calibration",
+    "rows_digest",
+    "arch_parts",
+    "group_of",
+    "fit",
+    "select_and_fit",
+    "store_calibration",
+]
+
+HEADER_FIELD = "calibration"
+CALIBRATION_SCHEMA = 1
+#: model name -> (uses an intercept, grouping name)
+MODELS: dict[str, tuple[bool, str]] = {
+    "scale": (False, "all"),
+    "linear": (True, "all"),
+    "stages": (True, "thirds"),
+}
 
 
 class Calibration(Protocol):
     def apply(self, raw_us: float, arch: Arch) -> float: ...
 
 
-def calibration_of(lut: Lut) -> Calibration | None:
-    return None
+# ------------------------------------------------------------------------------------------------
+def rows_digest(rows: dict[str, LutRow]) -> str:
+    """Digest of the rows a calibration depends on (keys and medians as written in the file)."""
+    h = hashlib.sha256()
+    for key in sorted(rows):
+        h.update(f"{key}={rows[key].median_us:.3f}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def arch_parts(arch: Arch) -> list[tuple[str, str, Any]]:
+    """(part, layer name, op spec) for every op of ``arch``: part is stem, s1..sN or tail."""
+    stage_of = {layer.name: layer.stage for layer in arch.space.layers}
+    out = []
+    for name, spec in arch.ops():
+        if name == "stem":
+            part = "stem"
+        elif name in stage_of:
+            part = f"s{stage_of[name]}"
+        else:
+            part = "tail"
+        out.append((part, name, spec))
+    return out
+
+
+def group_of(part: str, grouping: str, num_stages: int) -> str:
+    """The group a part belongs to under a grouping (``all`` or ``thirds``)."""
+    if grouping == "all":
+        return "all"
+    if grouping == "thirds":
+        if part == "stem":
+            return "early"
+        if part == "tail":
+            return "late"
+        stage = int(part[1:])
+        third = max(1, math.ceil(num_stages / 3))
+        # early: first third of the stages; late: last third; the rest: middle
+        if stage <= third:
+            return "early"
+        if stage > num_stages - third:
+            return "late"
+        return "middle"
+    raise ValueError(f"unknown grouping {grouping!r}")
+
+
+def group_names(grouping: str) -> list[str]:
+    return ["all"] if grouping == "all" else ["early", "middle", "late"]
+
+
+def group_sums(arch: Arch, lut: Lut, grouping: str) -> dict[str, float]:
+    """LUT latency (us) of the arch's ops summed per group (identity skips cost 0)."""
+    n = max((layer.stage for layer in arch.space.layers), default=0)
+    sums = {g: 0.0 for g in group_names(grouping)}
+    for part, _, spec in arch_parts(arch):
+        sums[group_of(part, grouping, n)] += lut.latency_us(spec)
+    return sums
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class LinearCalibration:
+    """calibrated = intercept_us + sum_g scales[g] * group_sum_g (see the module docstring)."""
+
+    model: str
+    intercept_us: float
+    scales: dict[str, float]
+    lut: Lut | None = field(default=None, repr=False, compare=False)
+    info: dict[str, Any] = field(default_factory=dict, compare=False)  # fit facts stored with it
+
+    @property
+    def grouping(self) -> str:
+        return MODELS[self.model][1]
+
+    def apply_sums(self, sums: dict[str, float]) -> float:
+        return self.intercept_us + sum(self.scales[g] * sums.get(g, 0.0) for g in self.scales)
+
+    def apply(self, raw_us: float, arch: Arch) -> float:
+        if self.grouping == "all":
+            return self.intercept_us + self.scales["all"] * raw_us
+        if self.lut is None:
+            raise ValueError("a grouped calibration needs its LUT to split the sum")
+        return self.apply_sums(group_sums(arch, self.lut, self.grouping))
+
+    def to_json(self) -> str:
+        d = {"schema": CALIBRATION_SCHEMA, "model": self.model, "intercept_us": round(self.intercept_us, 3),
+             "scales": {g: round(v, 6) for g, v in self.scales.items()}}
+        d.update(self.info)
+        return json.dumps(d, sort_keys=False, separators=(", ", ": "))
+
+    def describe(self) -> str:
+        terms = " + ".join(f"{v:.4f}*{g}" for g, v in self.scales.items())
+        return f"{self.model}: {self.intercept_us:.1f} us + {terms}"
+
+
+def parse_calibration(value: str, where: str) -> LinearCalibration:
+    """Decode a ``calibration`` header value; FileFormatError names ``where`` (path:line) and the reason."""
+    path = where.rsplit(":", 1)[0]
+
+    def bad(reason: str) -> FileFormatError:
+        return FileFormatError(path, [f"{where}: calibration: {reason}"],
+                               hint="run `fbprof verify --calibrate` again, or delete the calibration line")
+
+    try:
+        d = json.loads(value)
+    except json.JSONDecodeError as e:
+        raise bad(f"invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(d, dict):
+        raise bad("expected a JSON object")
+    if d.get("schema") != CALIBRATION_SCHEMA:
+        raise bad(f"unsupported schema {d.get('schema')!r} (this fbprof reads schema {CALIBRATION_SCHEMA})")
+    model = d.get("model")
+    if model not in MODELS:
+        raise bad(f"unknown model {model!r} (known: {', '.join(MODELS)})")
+    icpt = d.get("intercept_us", 0.0)
+    if isinstance(icpt, bool) or not isinstance(icpt, (int, float)) or not math.isfinite(icpt):
+        raise bad(f"intercept_us must be a finite number, got {icpt!r}")
+    if not MODELS[model][0] and icpt != 0:
+        raise bad(f"model {model} has no intercept, got intercept_us {icpt!r}")
+    scales = d.get("scales")
+    want = group_names(MODELS[model][1])
+    if not isinstance(scales, dict) or sorted(scales) != sorted(want):
+        raise bad(f"scales must be an object with exactly the groups {', '.join(want)}, got {scales!r}")
+    for g, v in scales.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise bad(f"scale of {g} must be a finite number, got {v!r}")
+    info = {k: v for k, v in d.items() if k not in ("schema", "model", "intercept_us", "scales")}
+    return LinearCalibration(model, float(icpt), {g: float(scales[g]) for g in want}, info=info)
+
+
+def _header_line(lut: Lut, name: str) -> int:
+    """Line number of a header field (line 1 is the magic line; fields follow in file order)."""
+    return 2 + list(lut.header).index(name)
+
+
+def calibration_of(lut: Lut) -> LinearCalibration | None:
+    """The LUT's calibration, or None when it has none or when its rows changed since it was fitted.
+
+    A malformed calibration line is an error naming the file and line.
+    """
+    value = lut.header.get(HEADER_FIELD)
+    if value is None:
+        return None
+    cal = parse_calibration(value, f"{lut.path}:{_header_line(lut, HEADER_FIELD)}")
+    if cal.info.get("rows_digest") != rows_digest(lut.rows):
+        return None  # fitted on other numbers: stale (documented in docs/lut-format.md)
+    cal.lut = lut
+    return cal
+
+
+# ------------------------------------------------------------------------------------------------
+@dataclass
+class FitReport:
+    """Leave-one-out errors of every candidate model on the calibration split, and the choice."""
+
+    chosen: str
+    loo_rmspe_pct: dict[str, float]
+    n: int
+    rule: str
+
+
+def _design(sums: Sequence[dict[str, float]], model: str) -> list[list[float]]:
+    icpt, grouping = MODELS[model]
+    gs = group_names(grouping)
+    return [([1.0] if icpt else []) + [s[g] for g in gs] for s in sums]
+
+
+def fit(sums: Sequence[dict[str, float]], measured: Sequence[float], model: str) -> LinearCalibration:
+    """Least squares on relative error: minimise sum(((pred - measured) / measured) ** 2).
+
+    ``sums`` are per-arch group sums for the model's grouping (see :func:`group_sums`).
+    """
+    import numpy as np
+
+    if len(sums) != len(measured) or not sums:
+        raise ValueError("need one measurement per arch, at least one arch")
+    icpt, grouping = MODELS[model]
+    x = np.asarray(_design(sums, model), dtype=np.float64)
+    y = np.asarray(measured, dtype=np.float64)
+    if x.shape[0] < x.shape[1]:
+        raise ValueError(f"model {model} has {x.shape[1]} parameters, only {x.shape[0]} archs to fit")
+    w = 1.0 / y
+    coef, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+    coef = [float(c) for c in coef]
+    intercept = coef.pop(0) if icpt else 0.0
+    return LinearCalibration(model, intercept, dict(zip(group_names(grouping), coef)))
+
+
+def _loo_rmspe(sums: Sequence[dict[str, float]], measured: Sequence[float], model: str) -> float:
+    errs = []
+    for i in range(len(measured)):
+        rest = [s for j, s in enumerate(sums) if j != i]
+        meas = [m for j, m in enumerate(measured) if j != i]
+        cal = fit(rest, meas, model)
+        errs.append((cal.apply_sums(sums[i]) - measured[i]) / measured[i])
+    return 100.0 * math.sqrt(sum(e * e for e in errs) / len(errs))
+
+
+def select_and_fit(
+    archs: Sequence[Arch],
+    measured: Sequence[float],
+    lut: Lut,
+    models: Sequence[str] = ("scale", "linear", "stages"),
+    tolerance: float = 0.05,
+) -> tuple[LinearCalibration, FitReport]:
+    """Fit each model, compare their leave-one-out RMSPE on these archs, keep the simplest good one.
+
+    Rule: the model with the lowest leave-one-out RMSPE, unless a simpler one (earlier in
+    ``models``) is within ``tolerance`` (relative) of it. A model needs at least 3 archs per parameter.
+    """
+    scores: dict[str, float] = {}
+    for m in models:
+        nparams = len(_design([{g: 0.0 for g in group_names(MODELS[m][1])}], m)[0])
+        if len(archs) < 3 * nparams:
+            continue
+        sums = [group_sums(a, lut, MODELS[m][1]) for a in archs]
+        scores[m] = _loo_rmspe(sums, measured, m)
+    if not scores:
+        raise ValueError(f"need at least 3 calibration archs to fit a calibration, got {len(archs)}")
+    best = min(scores.values())
+    chosen = next(m for m in models if m in scores and scores[m] <= best * (1 + tolerance))
+    cal = fit([group_sums(a, lut, MODELS[chosen][1]) for a in archs], measured, chosen)
+    cal.lut = lut
+    rule = f"lowest leave-one-out RMSPE; a simpler model within {tolerance:.0%} of the best wins"
+    return cal, FitReport(chosen, scores, len(archs), rule)
+
+
+def store_calibration(lut_path: str, cal: LinearCalibration, info: dict[str, Any]) -> Lut:
+    """Write ``cal`` into the LUT's header (rows unchanged, atomically); returns the re-read LUT."""
+    lut = read_lut(lut_path)
+    stored = LinearCalibration(cal.model, cal.intercept_us, dict(cal.scales),
+                               info={**info, "rows_digest": rows_digest(lut.rows)})
+    header = dict(lut.header)
+    header[HEADER_FIELD] = stored.to_json()
+    write_lut(lut_path, header, lut.rows.values())
+    return read_lut(lut_path)

@@ -41,7 +41,7 @@ HEADER_ORDER = (
 )
 REQUIRED_HEADER = ("device", "backend", "runtime", "threads", "spaces")
 #: rows measured under different values of these cannot share a file
-IDENTITY_FIELDS = ("device", "backend", "runtime", "threads")
+IDENTITY_FIELDS = ("device", "device_model", "cpu_model", "backend", "runtime", "threads")
 _US_FIELDS = ("median_us", "p10_us", "p90_us", "mean_us", "std_us", "min_us", "max_us")
 
 

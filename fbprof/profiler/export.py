@@ -67,6 +67,12 @@ EXPORTERS: dict[str, Exporter] = {
                  "ONNX through torch.onnx.export (dynamo exporter), opset 18"),
         Exporter("torchscript", ".pt", None, "torch", "fbprof.profiler.export:export_torchscript",
                  "TorchScript (traced, frozen)"),
+        Exporter("tflite", ".tflite", "tflite", "litert_torch", "fbprof.profiler.export_mobile:export_tflite",
+                 "TFLite through litert-torch, channel-last (NHWC) input and output"),
+        Exporter("pte", ".pte", "executorch", "executorch.version", "fbprof.profiler.export_mobile:export_pte",
+                 "ExecuTorch program, XNNPACK partitioner"),
+        Exporter("mlpackage", ".mlpackage", "coreml", "coremltools", "fbprof.profiler.export_mobile:export_coreml",
+                 "CoreML ML Program package (fp32 compute unless precision=fp16)"),
     )
 }
 
@@ -237,7 +243,8 @@ def export_ops(
                 on_done(s.key)
         else:
             todo.append(s)
-    exporter(fmt).load()  # a missing extra is an error for the whole run
+    if todo:
+        exporter(fmt).load()  # a missing extra is an error for the whole run
     if workers > 1 and len(todo) > 2:
         import multiprocessing as mp
 

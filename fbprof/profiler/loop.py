@@ -36,7 +36,7 @@ class LoopConfig:
     min_time_s: float = 0.25
     max_runs: int = 10_000
     max_time_s: float = 10.0
-    target_sample_s: float = 0.001
+    target_sample_s: float = 0.005
     cv_threshold: float = 0.10
     retries: int = 1
     retry_pause_s: float = 0.5

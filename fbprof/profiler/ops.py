@@ -17,10 +17,7 @@ from torch import nn
 from fbprof.space import Arch
 from fbprof.spec import OpSpec
 
-__all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for", "ACTIVATIONS_NOTE"]
-
-#: recorded in LUT headers: how the measured ops' activations were made realistic
-ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
+__all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for"]
 
 
 def seed_for(key: str) -> int:
@@ -36,9 +33,9 @@ class ChannelShuffle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g, c = self.groups, self.channels
-        x = x.reshape(1, g, c // g, self.h, self.w)
+        x = x.reshape(-1, g, c // g, self.h, self.w)  # -1: the batch (calibration runs batch 8)
         x = x.transpose(1, 2)
-        return x.reshape(1, c, self.h, self.w)
+        return x.reshape(-1, c, self.h, self.w)
 
 
 def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, relu: bool = True) -> list[nn.Module]:

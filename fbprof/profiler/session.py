@@ -9,6 +9,7 @@ sorted, when the run ends, is interrupted or fails, so at most the row in flight
 from __future__ import annotations
 
 import time
+from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, read_lut, write_l
 from fbprof.profiler.export import ArtifactCache, export_ops
 from fbprof.profiler.loop import INVALID, LoopConfig, STATUSES
 from fbprof.spec import OpSpec
+
+#: recorded in LUT headers: how the measured ops' activations were made realistic (see profiler/ops.py)
+ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
 
 __all__ = ["Listener", "MeasureRequest", "MeasureSummary", "measure_lut", "check_output", "build_header"]
 
@@ -88,11 +92,14 @@ def check_output(expected: np.ndarray, got: np.ndarray | None, atol: float = 1e-
     return None
 
 
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
 def build_header(req: MeasureRequest) -> dict[str, str]:
-    from fbprof.profiler.ops import ACTIVATIONS_NOTE
-
-    import torch
-
     info = backend_info(req.backend)
     h = {
         "backend": req.backend,
@@ -102,7 +109,7 @@ def build_header(req: MeasureRequest) -> dict[str, str]:
         "units": "microseconds per inference, batch 1, float32",
         "activations": ACTIVATIONS_NOTE,
         "loop": req.loop.describe(),
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "fbprof": __version__,
     }
     if req.command:

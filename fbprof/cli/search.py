@@ -1,0 +1,163 @@
+"""`fbprof search`: FBNet's latency-aware DNAS driven by a device LUT (a thin wrapper over fbprof.search)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fbprof.cli.common import console, err_console
+from fbprof.search.dnas import SearchListener  # torch-free
+
+HELP = """Search an architecture with FBNet's DNAS, latencies read from a device LUT.
+
+Defaults finish in a few minutes on 2 CPU cores: the digits shipped with scikit-learn at a 32 px
+proxy resolution, 8 epochs (2 warm-up), hard (one-path) Gumbel-softmax sampling. Writes arch-best.yaml
+and arch-sample-K.yaml (read by `fbprof arch info`, `fbprof predict`, `fbprof export`, `fbprof verify`),
+theta_history.json, theta.png, summary.json and a checkpoint per epoch (--resume continues).
+Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md)."""
+
+
+def search(
+    lut: Path = typer.Option(..., "--lut", "-l", help="LUT CSV of the target device"),
+    out: Path = typer.Option(Path("search-out"), "--out", "-o", help="output folder (architectures, history, checkpoint)"),
+    space: Optional[str] = typer.Option(None, "--space", "-s", help="space name or file (default: the LUT header's)"),
+    lut_resolution: Optional[int] = typer.Option(None, "--lut-resolution", help="resolution the LUT was measured at (default: the LUT header's)"),
+    width: Optional[float] = typer.Option(None, "--width", "-w", help="width multiplier (default: the LUT header's)"),
+    head_channels: Optional[int] = typer.Option(None, "--head-channels", help="head width (default: the space's first)"),
+    data: str = typer.Option("digits", "--data", help="'digits' (scikit-learn, offline) or an ImageFolder directory"),
+    resolution: int = typer.Option(32, "--resolution", "-r", min=8, help="proxy training resolution (strides adapted, see docs)"),
+    min_feature: int = typer.Option(4, "--min-feature", min=1, help="smallest final feature map of the proxy network"),
+    epochs: int = typer.Option(8, "--epochs", "-e", min=1),
+    warmup_epochs: int = typer.Option(2, "--warmup-epochs", min=0, help="epochs training the weights only"),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=2),
+    w_lr: float = typer.Option(0.1, "--lr", help="SGD learning rate of the weights (cosine-annealed)"),
+    theta_lr: float = typer.Option(0.05, "--theta-lr", help="Adam learning rate of the architecture parameters"),
+    tau0: float = typer.Option(5.0, "--tau0", help="initial Gumbel-softmax temperature"),
+    tau_decay: float = typer.Option(0.045, "--tau-decay", help="tau is multiplied by exp(-tau_decay) every epoch"),
+    alpha: float = typer.Option(0.2, "--alpha", help="loss CE * alpha * log(LAT_us)^beta"),
+    beta: float = typer.Option(0.6, "--beta"),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget: loss CE + lambda * log(LAT/T)^2"),
+    target_weight: float = typer.Option(2.0, "--target-weight", help="lambda of the target penalty"),
+    mode: str = typer.Option("hard", "--mode", help="hard: run the sampled candidate only; soft: weighted sum of all"),
+    samples: int = typer.Option(5, "--samples", "-k", min=0, help="architectures sampled from the final distribution"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="cap steps per phase per epoch (quick trials)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    from fbprof.search.dnas import SearchConfig, run_search
+
+    cfg = SearchConfig(
+        lut=str(lut), out=str(out), space=space, lut_resolution=lut_resolution, width=width, head_channels=head_channels,
+        data=data, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
+        batch_size=batch_size, w_lr=w_lr, theta_lr=theta_lr, tau0=tau0, tau_decay=tau_decay, alpha=alpha, beta=beta,
+        target_ms=target_ms, target_weight=target_weight, mode=mode, samples=samples, seed=seed, device=device,
+        max_steps=max_steps, resume=resume,
+    )
+    listener = SearchProgress(quiet)
+    try:
+        result = run_search(cfg, listener)
+    finally:
+        listener.stop()
+    print_result(result)
+
+
+class SearchProgress(SearchListener):
+    """Rich progress: one bar over every step of every epoch, with epoch, CE, latency and tau."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=err_console, disable=quiet,
+        )
+        self.task = None
+        self.started = False
+        self.epoch = 0
+        self.epochs = 0
+        self.tau = 0.0
+        self.steps_per_epoch = 0
+
+    def on_start(self, info: dict) -> None:
+        if not self.quiet:
+            err_console.print(
+                f"LUT {info['lut']} ({info['device_name']} / {info['backend']}), space {info['lut_space']}, "
+                f"{info['layers']} searched layers\nproxy {info['proxy']}; {info['data']}; "
+                f"{info['w_images']} images for w, {info['theta_images']} for theta; mode {info['mode']}"
+                + (f"; target {info['target_us'] / 1000:.3f} ms" if info.get("target_us") else "")
+                + (f"; {info['world_size']} processes" if info.get("world_size", 1) > 1 else "")
+            )
+        self.epochs = info["epochs"]
+        self.remaining_epochs = info["epochs"] - info["start_epoch"]
+
+    def on_note(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]{message}")
+
+    def on_epoch_start(self, epoch: int, epochs: int, tau: float, steps: dict) -> None:
+        self.epoch, self.tau = epoch, tau
+        n = sum(steps.values())
+        if self.task is None:
+            # the first epoch may be a warm-up (no theta steps): estimate later epochs at w + theta steps
+            self.steps_per_epoch = n
+            self.progress.start()
+            self.started = True
+            self.task = self.progress.add_task("search", total=n * self.remaining_epochs, status="")
+        elif n != self.steps_per_epoch:
+            done = self.progress.tasks[0].completed
+            self.progress.update(self.task, total=done + n * (epochs - epoch + 1))
+            self.steps_per_epoch = n
+
+    def on_step(self, phase: str, step: int, steps: int, ce: float, latency_us: float) -> None:
+        if self.task is not None:
+            self.progress.update(self.task, advance=1, status=(
+                f"epoch {self.epoch}/{self.epochs} {phase:5s} CE {ce:.3f} LAT {latency_us / 1000:.3f} ms tau {self.tau:.2f}"))
+
+    def on_epoch_end(self, record: dict) -> None:
+        ce = record["theta_ce"] if record["theta_ce"] is not None else record["w_ce"]
+        self.progress.console.print(
+            f"epoch {record['epoch']}/{self.epochs} [{record['phase']}] CE {ce:.3f}  E[LAT] "
+            f"{record['expected_latency_us'] / 1000:.3f} ms  most likely {record['most_likely_latency_us'] / 1000:.3f} ms"
+            f"  tau {record['tau']:.2f}  {record['seconds']:.1f} s"
+        )
+
+    def on_finish(self, result) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.started:
+            self.progress.stop()
+            self.started = False
+
+
+def print_result(result) -> None:
+    from rich.table import Table
+
+    dev = result.proxy.get("device_name", "?")
+    t = Table("arch", "P (log)", "predicted ms", "MACs", "params", "file",
+              title=f"searched on {result.lut_space}, latency predicted from the LUT of {dev} / {result.proxy.get('backend', '?')}")
+    for a in result.archs:
+        t.add_row(a.label, f"{a.log_prob:.2f}", f"{a.predicted_us / 1000:.3f}", f"{a.macs / 1e6:.1f}M",
+                  f"{a.params / 1e6:.2f}M", a.path)
+    console.print(t)
+    best = result.best
+    console.print("most likely: " + " ".join(best.blocks))
+    if result.target_us is not None:
+        off = (best.predicted_us / result.target_us - 1) * 100
+        console.print(f"target {result.target_us / 1000:.3f} ms: most likely is {off:+.1f}% off")
+    if result.heldout_accuracy is not None:
+        console.print(f"held-out accuracy of the most likely path with supernet weights: {result.heldout_accuracy:.3f} "
+                      "(indicative; train it from scratch for a real number)")
+    console.print(f"search wall time {result.wall_s:.1f} s; history {result.out / 'theta_history.json'}, "
+                  f"plot {result.out / 'theta.png'}")
+    for w in best.warnings:
+        err_console.print(f"[yellow]warning ({best.name}): {w}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("search", help=HELP)(search)

@@ -1,0 +1,161 @@
+"""`fbprof verify`: how well a LUT predicts whole networks, and a calibrated predictor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from fbprof.cli.common import command_line, console, err_console
+
+
+class _Progress:
+    """Rich bars with ETA for the export and the interleaved measuring rounds."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+            console=err_console, disable=quiet,
+        )
+        self.quiet = quiet
+        self.export_task = None
+        self.measure_task = None
+
+    def on_plan(self, plan) -> None:
+        if not self.quiet:
+            n_cal = sum(s == "calibration" for s in plan.splits.values())
+            err_console.print(
+                f"{len(plan.archs)} architectures of {plan.space.name}@{plan.space.resolution} "
+                f"({n_cal} calibration, {len(plan.archs) - n_cal} held-out); backend {plan.backend}, "
+                f"{plan.threads} thread(s); noise network: {plan.noise_arch or '-'}")
+        self.progress.start()
+
+    def on_export_start(self, count: int) -> None:
+        self.export_task = self.progress.add_task("exporting", total=count, current="")
+
+    def on_export_done(self, name: str) -> None:
+        self.progress.update(self.export_task, advance=1, current=name)
+
+    def on_measure_start(self, total: int) -> None:
+        self.measure_task = self.progress.add_task("measuring", total=total, current="")
+
+    def on_measure_done(self, name: str, round_index: int, median_us: float) -> None:
+        self.progress.update(self.measure_task, advance=1, current=f"round {round_index + 1}: {name} {median_us / 1000:.2f} ms")
+
+    def on_note(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]{message}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _line(name: str, d: dict) -> str:
+    if not d or not d.get("n"):
+        return f"{name}: -"
+
+    def f(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    return (f"{name}: n {d['n']}, MAPE {d['mape_pct']:.2f}%, RMSPE {d['rmspe_pct']:.2f}%, bias {d['bias_pct']:+.2f}%, "
+            f"within ±5% {100 * d['within_5_pct']:.1f}%, within ±10% {100 * d['within_10_pct']:.1f}%, "
+            f"τ {f(d.get('kendall_tau'), '.3f')}, ρ {f(d.get('spearman_rho'), '.3f')}")
+
+
+def verify(
+    lut: Path = typer.Option(..., "--lut", "-l", help="LUT CSV to verify"),
+    device: str = typer.Option("local", "--device", "-d", help="device the LUT was measured on (profile name or address)"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="must match the LUT's backend (default: the LUT's)"),
+    space: Optional[str] = typer.Option(None, "--space", "-s", help="space name or file (default: the LUT header's single space)"),
+    resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="with --space: input resolution"),
+    width: Optional[float] = typer.Option(None, "--width", "-w", help="with --space: width multiplier"),
+    samples: int = typer.Option(100, "--samples", "-n", min=0, help="random architectures (FBNet-A/B/C are added for the fbnet space)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the sampling, the split and the measuring order"),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved measuring rounds (an arch's latency: median of its round medians)"),
+    noise_repeats: int = typer.Option(6, "--noise-repeats", min=0, help="replicas of the noise-floor network per round (0: none)"),
+    calib_fraction: float = typer.Option(0.3, "--calib-fraction", help="share of the random archs used to fit the calibration"),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="fit a calibration and store it in the LUT header "
+                                   "(--no-calibrate: report the LUT's stored calibration, if any, on all archs)"),
+    store: bool = typer.Option(True, "--store/--no-store", help="with --calibrate: write the calibration into the LUT"),
+    min_runs: Optional[int] = typer.Option(None, "--min-runs", min=1, help="timed samples per measurement (default: the LUT's loop)"),
+    min_time: Optional[float] = typer.Option(None, "--min-time", min=0.0, help="seconds of samples per measurement (default: the LUT's loop)"),
+    workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
+    export_only: bool = typer.Option(False, "--export-only", help="only export the networks (warm the cache), measure nothing"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    out: Path = typer.Option(Path("verify"), "--out", "-o", help="report folder (verify.csv, summary.json, verify.png, COMMAND.txt)"),
+    profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
+    option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Measure random whole networks end to end and compare them with the LUT's predictions."""
+    from dataclasses import replace
+
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.errors import InputError
+    from fbprof.fileio import atomic_write_text
+    from fbprof.lut.table import read_lut
+    from fbprof.profiler.export import ArtifactCache
+    from fbprof.profiler.verify import VerifyRequest, loop_from_header, run_verify, write_report
+    from fbprof.space import load_space
+
+    if (resolution is not None or width is not None) and space is None:
+        raise InputError("--resolution/--width need --space")
+    opts: dict = {}
+    for item in option:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        opts[k] = v
+    sp = load_space(space, resolution, width) if space else None
+    loop = None
+    if min_runs is not None or min_time is not None:
+        base = loop_from_header(read_lut(lut))
+        try:
+            loop = replace(base, min_runs=min_runs or base.min_runs,
+                           min_time_s=base.min_time_s if min_time is None else min_time,
+                           max_runs=max(base.max_runs, min_runs or 0))
+        except ValueError as e:
+            raise InputError(f"measuring options: {e}") from None
+    prof, address = resolve_device(device, None, load_profiles(profiles))
+    cmd = command_line()
+    listener = _Progress(quiet)
+    with open_device(prof, address, opts) as dev:
+        req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, samples=samples, seed=seed, rounds=rounds,
+                            loop=loop, calibrate=calibrate, store=store, calib_fraction=calib_fraction,
+                            noise_repeats=noise_repeats, cache=ArtifactCache(cache_dir), export_workers=workers,
+                            command=cmd)
+        try:
+            result = run_verify(req, listener, export_only=export_only)
+        finally:
+            listener.stop()
+    if result is None:
+        console.print(f"exported {samples} random + published networks into the cache; measure with the same command "
+                      "without --export-only")
+        return
+    paths = write_report(result, out)
+    atomic_write_text(Path(out) / "COMMAND.txt", cmd + "\n")
+    s = result.summary
+    console.print(_line("raw, all", s["raw"]["all"]))
+    console.print(_line("raw, held-out", s["raw"]["held_out"]))
+    if s["calibrated"].get("held_out"):
+        console.print(_line(f"calibrated ({s['calibrated']['source']}), held-out", s["calibrated"]["held_out"]))
+        console.print(f"calibration: {s['calibrated']['formula']}")
+    m = s["macs"]["held_out"]
+    console.print(f"MACs as predictor, held-out: τ {m.get('kendall_tau')}, ρ {m.get('spearman_rho')}")
+    nf = s.get("noise_floor") or {}
+    if nf.get("spread_pct") is not None:
+        console.print(f"noise floor ({nf['arch']}, {nf['replicas']} replicas): spread {nf['spread_pct']:.2f}%, "
+                      f"CV {nf['cv_pct']:.2f}% (a perfect predictor would get {100 * nf['perfect_predictor_within_5_pct']:.1f}% within ±5%)")
+    g = s["goals_met"]
+    console.print(f"goals ({g['judged_on']}): ±10% {g['within_10_pct']}, ±5% {g['within_5_pct']}, τ {g['kendall_tau']}")
+    for n, why in sorted(result.failed.items()):
+        err_console.print(f"[red]failed[/] {n}: {why}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if result.failed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)

@@ -1,0 +1,447 @@
+"""The reference companion: the iPhone app's protocol served by Python (``fbprof companion serve``).
+
+It speaks exactly the protocol of docs/companion-protocol.md, with the same token check and limits as
+the Swift app. On macOS it runs Core ML packages through coremltools' ``predict``; everywhere it runs
+ONNX models with ONNX Runtime (the runtime the local device uses). Its timings come from
+:func:`fbprof.profiler.loop.run_loop`, the loop every fbprof device measures with.
+
+Standard library HTTP (``ThreadingHTTPServer``); one measurement runs at a time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.util
+import json
+import math
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fbprof import __version__
+from fbprof.companion.protocol import (API, COMPUTE_UNITS, LOOP_FIELDS, PROTOCOL, UNAUTHORIZED_MESSAGE, Limits,
+                                       ProtocolError, encode_array, unpack_model, valid_name)
+from fbprof.errors import InputError
+
+__all__ = ["CompanionServer", "available_formats", "new_token"]
+
+APP = "fbprof-companion"
+#: compute units each format's runtime can honour here ("all" = every unit the runtime has)
+_UNITS = {"mlpackage": COMPUTE_UNITS, "onnx": ("cpuOnly", "all")}
+
+
+def new_token() -> str:
+    """A pairing token: 16 random URL-safe characters."""
+    return secrets.token_urlsafe(12)
+
+
+def available_formats() -> tuple[str, ...]:
+    """Formats this machine can run: Core ML packages on macOS (coremltools), ONNX with ONNX Runtime."""
+    out = []
+    if sys.platform == "darwin" and importlib.util.find_spec("coremltools") is not None:
+        out.append("mlpackage")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        out.append("onnx")
+    return tuple(out)
+
+
+class _OnnxSession:
+    def __init__(self, model: Path, x: np.ndarray, threads: int) -> None:
+        from fbprof.devices.base import Artifact
+        from fbprof.devices.local import LocalDevice
+
+        art = Artifact(model.name, "onnx", model, x, np.zeros(0, np.float32))
+        self.session = LocalDevice(pin=False).open_session(art, "onnxruntime", threads)
+        import onnxruntime
+
+        self.runtime = f"ONNX Runtime {onnxruntime.__version__}"
+
+    def run(self) -> np.ndarray:
+        return self.session.run()
+
+
+class _CoreMLSession:  # macOS only: coremltools cannot predict elsewhere
+    def __init__(self, model: Path, x: np.ndarray, units: str) -> None:
+        import coremltools as ct
+
+        cu = {"cpuOnly": ct.ComputeUnit.CPU_ONLY, "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
+              "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE, "all": ct.ComputeUnit.ALL}[units]
+        self.model = ct.models.MLModel(str(model), compute_units=cu)
+        self.feed = {self.model.get_spec().description.input[0].name: x}
+        self.runtime = f"Core ML via coremltools {ct.__version__}"
+
+    def run(self) -> np.ndarray:
+        return np.asarray(next(iter(self.model.predict(self.feed).values())))
+
+
+@dataclass
+class _Model:
+    name: str
+    format: str
+    folder: Path
+    manifest: dict[str, Any]
+    bytes: int
+    sessions: dict[str, Any] = field(default_factory=dict)  # compute units -> loaded session
+
+    def path(self) -> Path:
+        return self.folder / self.manifest["model"]
+
+    def input(self) -> np.ndarray:
+        inp = self.manifest["input"]
+        return np.fromfile(self.folder / inp["file"], dtype="<f4").reshape(inp["shape"]).astype(np.float32)
+
+
+def _thermal_unknown() -> str:
+    return "unknown"
+
+
+class CompanionServer:
+    """A companion listening on ``host:port`` (port 0 picks a free one); use as a context manager."""
+
+    def __init__(
+        self,
+        token: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        limits: Limits | None = None,
+        threads: int = 1,
+        thermal: Callable[[], str] | None = None,
+        formats: tuple[str, ...] | None = None,
+        log: Callable[[str], None] | None = None,
+        store_dir: str | Path | None = None,
+    ) -> None:
+        if not token or len(token) < 6:
+            raise InputError("the pairing token must have at least 6 characters")
+        self.token = token
+        self.limits = limits or Limits()
+        self.threads = threads
+        self.thermal = thermal or _thermal_unknown
+        self.formats = available_formats() if formats is None else tuple(formats)
+        self.log = log
+        if store_dir is not None:
+            Path(store_dir).mkdir(parents=True, exist_ok=True)
+        self.store = Path(tempfile.mkdtemp(prefix="fbprof-companion-", dir=store_dir))
+        self.models: dict[str, _Model] = {}
+        self._models_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        except OSError as e:
+            shutil.rmtree(self.store, ignore_errors=True)
+            raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        self.httpd.daemon_threads = True
+        self.httpd.companion = self  # type: ignore[attr-defined]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    @property
+    def address(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def serve_forever(self) -> None:
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def start(self) -> "CompanionServer":
+        """Serve in a background thread (tests, embedding)."""
+        self._thread = threading.Thread(target=self.serve_forever, name="fbprof-companion", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join()
+            self._thread = None
+        self.httpd.server_close()
+        shutil.rmtree(self.store, ignore_errors=True)
+
+    def __enter__(self) -> "CompanionServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def authorized(self, header: str | None) -> bool:
+        scheme, _, given = (header or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    def runtimes(self) -> list[dict[str, Any]]:
+        out = []
+        for fmt in self.formats:
+            if fmt == "mlpackage":
+                import coremltools
+
+                runtime = f"Core ML via coremltools {coremltools.__version__}"
+            else:
+                import onnxruntime
+
+                runtime = f"ONNX Runtime {onnxruntime.__version__}"
+            out.append({"format": fmt, "runtime": runtime, "compute_units": list(_UNITS[fmt])})
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL,
+            "app": APP,
+            "app_version": __version__,
+            "model": f"{platform.system()} {platform.machine()}",
+            "system": platform.system(),
+            "system_version": platform.release(),
+            "thermal_state": self.thermal(),
+            "runtimes": self.runtimes(),
+            "limits": self.limits.to_dict(),
+        }
+
+    def list_models(self) -> dict[str, Any]:
+        with self._models_lock:
+            return {"models": [{"name": m.name, "format": m.format, "bytes": m.bytes}
+                               for m in sorted(self.models.values(), key=lambda m: m.name)]}
+
+    def upload(self, name: str, data: bytes) -> dict[str, Any]:
+        with self._models_lock:
+            if name not in self.models and len(self.models) >= self.limits.max_models:
+                raise ProtocolError(409, "too_many_models",
+                                    f"the companion holds {len(self.models)} models (limit {self.limits.max_models}); "
+                                    "delete some first")
+        tmp = self.store / f".upload-{secrets.token_hex(6)}"
+        try:
+            manifest = unpack_model(data, tmp, self.formats, self.limits)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        with self._models_lock:
+            if name not in self.models and len(self.models) >= self.limits.max_models:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise ProtocolError(409, "too_many_models", f"the companion holds {len(self.models)} models "
+                                                            f"(limit {self.limits.max_models}); delete some first")
+            old = self.models.pop(name, None)
+            folder = self.store / name
+            if old is not None:
+                shutil.rmtree(old.folder, ignore_errors=True)
+            tmp.rename(folder)
+            self.models[name] = _Model(name, manifest["format"], folder, manifest, len(data))
+        return {"model": name, "format": manifest["format"], "bytes": len(data)}
+
+    def delete(self, name: str) -> dict[str, Any]:
+        with self._models_lock:
+            m = self.models.pop(name, None)
+        if m is None:
+            raise ProtocolError(404, "not_found", f"no model named {name!r}")
+        shutil.rmtree(m.folder, ignore_errors=True)
+        return {"deleted": name}
+
+    def _loop_config(self, req: dict[str, Any]):
+        from fbprof.profiler.loop import LoopConfig
+
+        defaults = LoopConfig()
+        values: dict[str, Any] = {}
+        for k in LOOP_FIELDS:
+            v = req.get(k, getattr(defaults, k))
+            integer = k.endswith("_runs")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)) \
+                    or not math.isfinite(v) or v < 0:
+                raise ProtocolError(400, "bad_request", f"{k}: expected a non-negative {'integer' if integer else 'number'}")
+            values[k] = v
+        lim = self.limits
+        if values["max_runs"] > lim.max_runs:
+            raise ProtocolError(400, "bad_request", f"max_runs {values['max_runs']} is over the limit {lim.max_runs}")
+        if values["warmup_runs"] > lim.max_warmup_runs:
+            raise ProtocolError(400, "bad_request",
+                                f"warmup_runs {values['warmup_runs']} is over the limit {lim.max_warmup_runs}")
+        if values["max_time_s"] > lim.max_time_s or values["warmup_min_s"] > lim.max_time_s:
+            raise ProtocolError(400, "bad_request", f"max_time_s and warmup_min_s must be at most {lim.max_time_s}")
+        try:
+            return LoopConfig(**values, retries=0)
+        except ValueError as e:
+            raise ProtocolError(400, "bad_request", str(e)) from None
+
+    def run(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
+        from fbprof.profiler.loop import run_loop
+
+        units = req.get("compute_units", "all")
+        if units not in COMPUTE_UNITS:
+            raise ProtocolError(400, "bad_request", f"compute_units {units!r}: expected one of {', '.join(COMPUTE_UNITS)}")
+        want_output = req.get("return_output", False)
+        if not isinstance(want_output, bool):
+            raise ProtocolError(400, "bad_request", "return_output: expected true or false")
+        cfg = self._loop_config(req)
+        with self._models_lock:
+            m = self.models.get(name)
+        if m is None:
+            raise ProtocolError(404, "not_found", f"no model named {name!r}")
+        if units not in _UNITS[m.format]:
+            raise ProtocolError(400, "bad_request", f"compute_units {units!r} is not available for {m.format} here "
+                                                    f"(available: {', '.join(_UNITS[m.format])})")
+        with self._run_lock:
+            t0 = time.perf_counter()
+            try:
+                session = m.sessions.get(units)
+                if session is None:
+                    x = m.input()
+                    session = (_CoreMLSession(m.path(), x, units) if m.format == "mlpackage"
+                               else _OnnxSession(m.path(), x, self.threads))
+                    m.sessions[units] = session
+                load_s = time.perf_counter() - t0
+                output = np.asarray(session.run())
+                res = run_loop(session.run, cfg)
+            except ProtocolError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the runtime's own failure, reported to the host
+                raise ProtocolError(422, "run_failed", f"{name}: {type(e).__name__}: {str(e)[:500]}") from None
+        body: dict[str, Any] = {
+            "model": name,
+            "compute_units": units,
+            "runtime": session.runtime,
+            "timings_us": [s * 1e6 for s in res.samples],
+            "repeats": res.repeats,
+            "capped": res.capped,
+            "elapsed_s": res.elapsed_s,
+            "load_s": load_s,
+            "thermal_state": self.thermal(),
+        }
+        if want_output:
+            body["output"] = encode_array(output)
+        return body
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = f"{APP}/{PROTOCOL}"
+
+    @property
+    def companion(self) -> CompanionServer:
+        return self.server.companion  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        if self.companion.log is not None:
+            self.companion.log(f"{self.address_string()} {format % args}")
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="fbprof-companion"')
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _body(self, limit: int) -> bytes:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise ProtocolError(411, "length_required", "send the body with a Content-Length header")
+        n = int(length)
+        if n > limit:
+            raise ProtocolError(413, "too_large", f"request body of {n} bytes is over the limit of {limit} bytes")
+        return self.rfile.read(n)
+
+    def _json(self) -> dict[str, Any]:
+        raw = self._body(self.companion.limits.max_json_bytes)
+        try:
+            obj = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolError(400, "bad_request", "the body is not JSON") from None
+        if not isinstance(obj, dict):
+            raise ProtocolError(400, "bad_request", "the body must be a JSON object")
+        return obj
+
+    def _dispatch(self, method: str) -> None:
+        c = self.companion
+        read_body = False
+        try:
+            if not c.authorized(self.headers.get("Authorization")):
+                raise ProtocolError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
+            path = urllib.parse.urlsplit(self.path).path
+            if not path.startswith(API + "/"):
+                raise ProtocolError(404, "not_found", f"no endpoint {method} {path} (this companion speaks {API})")
+            parts = path[len(API) + 1:].split("/")
+            if parts == ["info"] and method == "GET":
+                status, body = 200, c.info()
+            elif parts == ["models"] and method == "GET":
+                status, body = 200, c.list_models()
+            elif len(parts) in (2, 3) and parts[0] == "models":
+                name = urllib.parse.unquote(parts[1])
+                if not valid_name(name):
+                    raise ProtocolError(400, "bad_name", f"invalid model name {name!r}: use 1 to 64 characters "
+                                                         "A-Z a-z 0-9 . _ - (not starting with . _ -)")
+                if len(parts) == 2 and method == "PUT":
+                    data = self._body(c.limits.max_upload_bytes)
+                    read_body = True
+                    status, body = 201, c.upload(name, data)
+                elif len(parts) == 2 and method == "DELETE":
+                    status, body = 200, c.delete(name)
+                elif parts[2:] == ["run"] and method == "POST":
+                    req = self._json()
+                    read_body = True
+                    status, body = 200, c.run(name, req)
+                else:
+                    raise ProtocolError(405, "bad_method", f"{method} is not allowed on {path}")
+            else:
+                raise ProtocolError(404, "not_found", f"no endpoint {method} {path}")
+            self._send(status, body)
+        except ProtocolError as e:
+            # an unread body would be taken for the next request: close the connection instead
+            has_body = int(self.headers.get("Content-Length") or 0) > 0
+            self._send(e.status, e.body(), close=has_body and not read_body)
+        except Exception as e:  # noqa: BLE001 - never leave the host without an answer
+            self._send(500, {"error": "internal", "message": f"{type(e).__name__}: {e}"}, close=True)
+
+
+def advertise(server: CompanionServer, name: str | None = None):
+    """Announce ``server`` as ``_fbprof._tcp`` over Bonjour/mDNS (needs zeroconf); returns a closer."""
+    import socket
+
+    from fbprof.companion.protocol import SERVICE_TYPE
+    from fbprof.errors import MissingExtraError
+
+    try:
+        from zeroconf import ServiceInfo, Zeroconf
+    except ImportError:
+        raise MissingExtraError("announcing the companion (mDNS)", "mdns", "zeroconf") from None
+    host = server.httpd.server_address[0]
+    addr = host if host not in ("0.0.0.0", "") else socket.gethostbyname(socket.gethostname())
+    label = (name or f"fbprof on {platform.node() or 'host'}")[:60]
+    info = ServiceInfo(SERVICE_TYPE, f"{label}.{SERVICE_TYPE}", port=server.port,
+                       addresses=[socket.inet_aton(addr)], properties={"protocol": str(PROTOCOL)})
+    zc = Zeroconf()
+    zc.register_service(info)
+
+    def close() -> None:
+        zc.unregister_service(info)
+        zc.close()
+
+    return close

@@ -1,0 +1,547 @@
+"""FBNet's differentiable architecture search (DNAS) driven by a device LUT.
+
+:func:`run_search` is the whole search; the CLI (``fbprof search``) only builds a
+:class:`SearchConfig` and shows a :class:`SearchListener`'s events. See docs/search.md.
+
+Schedule (FBNet, Wu et al. 2019): the held-in training images are split 80/20 (stratified, by the
+seed); every epoch first trains the supernet weights w on the 80% (SGD + momentum, cosine learning
+rate, plain cross-entropy: the latency factor is a per-step constant for w), then the architecture
+parameters theta on the 20% (Adam, the latency-aware loss). The first ``warmup_epochs`` train w only.
+The Gumbel-softmax temperature is ``tau0 * exp(-tau_decay * epoch)``.
+
+Modes: ``hard`` (default) samples one candidate per layer and runs only that one (straight-through
+Gumbel-softmax: a step costs about one child network); ``soft`` runs every candidate and sums their
+outputs weighted by the Gumbel-softmax weights (the paper's formulation).
+
+Files in ``out``: ``checkpoint.pt`` (tensors and state dicts only, plus the run's metadata as a JSON
+string; read back with ``torch.load(weights_only=True)``) and ``checkpoint.json`` (the same metadata,
+readable) after every epoch; at the end ``arch-best.yaml`` (the most likely architecture) and
+``arch-sample-K.yaml`` (K distinct samples of the final distribution), ``theta_history.json``,
+``theta.png`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fbprof.errors import InputError
+from fbprof.fileio import atomic_write_bytes, atomic_write_text
+from fbprof.lut.table import Lut, read_lut
+from fbprof.space import Space, load_space
+
+__all__ = [
+    "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
+    "CHECKPOINT", "CHECKPOINT_META",
+]
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_META = "checkpoint.json"
+MODES = ("hard", "soft")
+#: fields that may change between a run and its --resume
+RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps"}
+
+
+@dataclass
+class SearchConfig:
+    lut: str
+    out: str = "search-out"
+    space: str | None = None  # default: the (first) space recorded in the LUT header
+    lut_resolution: int | None = None  # default: the resolution recorded in the LUT header for that space
+    width: float | None = None  # default: likewise
+    head_channels: int | None = None  # default: the space's first head width
+    data: str = "digits"
+    resolution: int = 32  # proxy training resolution
+    min_feature: int = 4  # stride adaptation: smallest final feature map of the proxy network
+    test_fraction: float = 0.2
+    epochs: int = 8
+    warmup_epochs: int = 2
+    batch_size: int = 32
+    w_lr: float = 0.1
+    w_momentum: float = 0.9
+    w_weight_decay: float = 1e-4
+    theta_lr: float = 0.05
+    theta_weight_decay: float = 5e-4
+    tau0: float = 5.0
+    tau_decay: float = 0.045
+    alpha: float = 0.2
+    beta: float = 0.6
+    target_ms: float | None = None
+    target_weight: float = 2.0
+    mode: str = "hard"
+    samples: int = 5
+    seed: int = 0
+    device: str = "cpu"
+    max_steps: int | None = None  # cap on steps per phase per epoch (quick runs, tests)
+    resume: bool = False
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InputError(f"--device must be cpu or cuda, got {self.device!r}")
+        for name in ("epochs", "batch_size", "resolution", "min_feature"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs:
+            raise InputError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
+        if self.batch_size < 2:
+            raise InputError("batch size must be >= 2 (BatchNorm in training mode)")
+        if self.samples < 0:
+            raise InputError(f"samples must be >= 0, got {self.samples}")
+        for name in ("tau0", "w_lr", "theta_lr", "alpha", "beta", "target_weight"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if self.tau_decay < 0:
+            raise InputError(f"tau decay must be >= 0, got {self.tau_decay}")
+        if self.target_ms is not None and not self.target_ms > 0:
+            raise InputError(f"--target-ms must be > 0, got {self.target_ms}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError("max steps must be >= 1")
+
+    def tau(self, epoch: int) -> float:
+        return self.tau0 * math.exp(-self.tau_decay * epoch)
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+
+
+class SearchListener:
+    """Progress events of :func:`run_search` (every method optional)."""
+
+    def on_start(self, info: dict[str, Any]) -> None: ...
+    def on_note(self, message: str) -> None: ...
+    def on_epoch_start(self, epoch: int, epochs: int, tau: float, steps: dict[str, int]) -> None: ...
+    def on_step(self, phase: str, step: int, steps: int, ce: float, latency_us: float) -> None: ...
+    def on_epoch_end(self, record: dict[str, Any]) -> None: ...
+    def on_finish(self, result: "SearchResult") -> None: ...
+
+
+@dataclass
+class ArchResult:
+    label: str  # "best" or "sample-K"
+    name: str
+    blocks: list[str]
+    path: str
+    predicted_us: float
+    macs: int
+    params: int
+    log_prob: float
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    archs: list[ArchResult]
+    history: list[dict[str, Any]]
+    wall_s: float  # seconds of search (all epochs, resumed ones included)
+    lut_space: str
+    proxy: dict[str, Any]
+    heldout_accuracy: float | None
+    warnings: list[str]
+    target_us: float | None
+
+    @property
+    def best(self) -> ArchResult:
+        return self.archs[0]
+
+
+# --------------------------------------------------------------------------------------------------
+def lut_spaces(lut: Lut) -> list[tuple[str, int, float]]:
+    """(name, resolution, width) of every ``name@RES/wW`` entry in the LUT header's ``spaces``."""
+    out = []
+    for item in lut.header.get("spaces", "").split(","):
+        item = item.strip()
+        name, sep, rest = item.partition("@")
+        if not sep:
+            continue
+        res, _, wid = rest.partition("/w")
+        try:
+            out.append((name, int(res), float(wid or 1.0)))
+        except ValueError:
+            continue
+    return out
+
+
+def resolve_lut_space(lut: Lut, space: str | None, resolution: int | None, width: float | None) -> Space:
+    """The space at the LUT's resolution/width: explicit values first, then the LUT header's record."""
+    entries = lut_spaces(lut)
+    if space is None:
+        if not entries:
+            raise InputError(f"{lut.path}: the header names no space; give --space (and --lut-resolution)")
+        space = entries[0][0]
+    probe = load_space(space)  # resolves a name or a file at its own defaults, to learn its name
+    match = [e for e in entries if e[0] in (probe.name, space)]
+    if resolution is None and match:
+        resolution = match[0][1]
+    if width is None and match:
+        width = match[0][2]
+    if str(space).endswith((".yaml", ".yml", ".json")) or "/" in str(space):
+        space = str(Path(space).resolve())  # architecture files then name the space file unambiguously
+    return load_space(space, resolution, width)
+
+
+def _device(cfg: SearchConfig, local_rank: int):
+    import torch
+
+    if cfg.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda: no CUDA device is available to this torch build")
+        return torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else cfg.device)
+    return torch.device("cpu")
+
+
+class _Dist:
+    """Data parallel over torchrun's processes: same samples on every rank, gradients averaged."""
+
+    def __init__(self, cfg: SearchConfig) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_grads(self, params) -> None:
+        if not self.enabled:
+            return
+        import torch
+        import torch.distributed as dist
+
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        i = 0
+        for g in grads:
+            g.copy_(flat[i:i + g.numel()].view_as(g))
+            i += g.numel()
+
+    def shard(self, idx):
+        if not self.enabled:
+            return idx
+        n = len(idx) // self.world
+        return idx[self.rank * n:(self.rank + 1) * n]
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _save_checkpoint(out: Path, state: dict, meta: dict) -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({**state, "meta_json": json.dumps(meta)}, buf)
+    atomic_write_bytes(out / CHECKPOINT, buf.getvalue())
+    atomic_write_text(out / CHECKPOINT_META, json.dumps(meta, indent=1) + "\n")
+
+
+def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(state.pop("meta_json"))
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
+        raise InputError(f"{path}: cannot read the checkpoint: {e}", hint="delete it to start the search over") from None
+    return state, meta
+
+
+def _probs(theta, mask) -> list[list[float]]:
+    import torch
+
+    p = torch.softmax(theta.detach().cpu().masked_fill(~mask, float("-inf")), dim=-1)
+    return [[round(float(v), 6) for v, ok in zip(row, mrow) if ok] for row, mrow in zip(p, mask)]
+
+
+# --------------------------------------------------------------------------------------------------
+def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> SearchResult:
+    """Run (or resume) a search; returns the architectures written and the history."""
+    import torch
+    from torch import nn
+
+    from fbprof.lut.predict import predict, require_space
+    from fbprof.search.data import load_data, stratified_split
+    from fbprof.search.loss import fbnet_loss, relaxed_latency, target_loss
+    from fbprof.search.supernet import (Supernet, expected_latency, latency_table, log_prob, proxy_space,
+                                        sample_gumbel)
+    from fbprof.search.train import accuracy, batches
+
+    cfg.validate()
+    dist = _Dist(cfg)
+    lis = listener if (listener is not None and dist.main) else SearchListener()
+    out = Path(cfg.out)
+
+    # ---- LUT and space: every problem before any training -------------------------------------
+    lut = read_lut(cfg.lut)
+    lut_space = resolve_lut_space(lut, cfg.space, cfg.lut_resolution, cfg.width)
+    require_space(lut, lut_space)
+    head = cfg.head_channels if cfg.head_channels is not None else lut_space.head_channels[0]
+    lut_space.tail_specs(head)  # validates
+    warnings = [f"LUT row {r.key} is {r.status}" + (f": {r.note}" if r.note else "")
+                for r in lut.not_ok(lut_space.all_specs())]
+    lat, mask, fixed_us, _keys = latency_table(lut_space, lut, head)
+    target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
+
+    meta_prev: dict | None = None
+    state_prev: dict | None = None
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not cfg.resume:
+        raise InputError(f"{out} already holds a search checkpoint ({ckpt})",
+                         hint="add --resume to continue it, or choose another --out (or delete the folder)")
+    if cfg.resume and ckpt.exists():
+        state_prev, meta_prev = _load_checkpoint(ckpt)
+        old = meta_prev.get("config", {})
+        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.identity().items() if old.get(k) != v]
+        if diffs:
+            raise InputError(f"{ckpt} was made by a different search; cannot resume with these settings:\n  "
+                             + "\n  ".join(diffs), hint="use the same options (only --epochs may grow) or another --out")
+
+    device = _device(cfg, dist.local_rank)
+    data = load_data(cfg.data, cfg.resolution, lut_space.in_channels, cfg.test_fraction)
+    plan = proxy_space(lut_space, cfg.resolution, data.num_classes, cfg.min_feature)
+    proxy = plan.space
+    w_idx, t_idx = stratified_split(data.y_train, 0.2, cfg.seed)
+    if len(w_idx) < 2 or len(t_idx) < 2:
+        raise InputError(f"{data.describe()}: too few images to split 80/20 into weight and architecture sets")
+
+    torch.manual_seed(cfg.seed)
+    net = Supernet(proxy, head).to(device)
+    theta = torch.zeros(lat.shape, device=device, requires_grad=True)
+    lat_d, mask_d = lat.to(device), mask.to(device)
+    opt_w = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    opt_t = torch.optim.Adam([theta], lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if state_prev is not None and meta_prev is not None:
+        net.load_state_dict(state_prev["supernet"])
+        with torch.no_grad():
+            theta.copy_(state_prev["theta"].to(device))
+        opt_w.load_state_dict(state_prev["opt_w"])
+        opt_t.load_state_dict(state_prev["opt_theta"])
+        history = list(meta_prev.get("history", []))
+        start = int(meta_prev["epoch_done"])
+        lis.on_note(f"resumed from {ckpt}: {start} of {cfg.epochs} epochs done")
+
+    hard = cfg.mode == "hard"
+    ce_fn = nn.CrossEntropyLoss()
+    info = {
+        "lut": str(cfg.lut), "device_name": lut.header.get("device", "?"), "backend": lut.header.get("backend", "?"),
+        "lut_space": f"{lut_space.name}@{lut_space.resolution}/w{lut_space.width:g}",
+        "proxy": f"{proxy.resolution}px, final {proxy.final_hw[0]}x{proxy.final_hw[1]}"
+                 + (f", strides of {', '.join(plan.dropped)} set to 1" if plan.dropped else ""),
+        "data": data.describe(), "layers": len(lut_space.layers), "mode": cfg.mode,
+        "w_images": len(w_idx), "theta_images": len(t_idx), "epochs": cfg.epochs, "start_epoch": start,
+        "world_size": dist.world, "target_us": target_us, "fixed_us": fixed_us,
+    }
+    lis.on_start(info)
+    for w in warnings:
+        lis.on_note(f"warning: {w}")
+
+    def phase_batches(idx, epoch: int, salt: int) -> list:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + salt)
+        sel = idx[torch.randperm(len(idx), generator=g)]
+        sel = dist.shard(sel)
+        bs = batches(len(sel), cfg.batch_size, g)
+        bs = [sel[b] for b in bs]
+        return bs[: cfg.max_steps] if cfg.max_steps else bs
+
+    w_params = list(net.parameters())
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        tau = cfg.tau(epoch)
+        lr = cfg.w_lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        for gr in opt_w.param_groups:
+            gr["lr"] = lr
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        wb = phase_batches(w_idx, epoch, 1)
+        tb = phase_batches(t_idx, epoch, 2) if epoch >= cfg.warmup_epochs else []
+        lis.on_epoch_start(epoch + 1, cfg.epochs, tau, {"w": len(wb), "theta": len(tb)})
+
+        # ---- weights ----
+        net.train()
+        w_ce, w_lat = [], []
+        for si, b in enumerate(wb):
+            x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+            with torch.no_grad():
+                m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
+            logits = net(x, index=index) if hard else net(x, weights=m)
+            ce = ce_fn(logits, y)
+            opt_w.zero_grad(set_to_none=True)
+            ce.backward()
+            dist.average_grads(w_params)
+            opt_w.step()
+            lat_now = float(relaxed_latency(m, lat_d, fixed_us))
+            w_ce.append(float(ce.detach()))
+            w_lat.append(lat_now)
+            lis.on_step("w", si + 1, len(wb), w_ce[-1], lat_now)
+
+        # ---- architecture parameters ----
+        t_ce, t_loss, t_lat = [], [], []
+        if tb:
+            for p in w_params:
+                p.requires_grad_(False)
+            for si, b in enumerate(tb):
+                x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+                m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
+                logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
+                ce = ce_fn(logits, y)
+                lat_us = relaxed_latency(m, lat_d, fixed_us)
+                loss = target_loss(ce, lat_us, target_us, cfg.target_weight) if target_us is not None \
+                    else fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
+                opt_t.zero_grad(set_to_none=True)
+                loss.backward()
+                dist.average_grads([theta])
+                opt_t.step()
+                t_ce.append(float(ce.detach()))
+                t_loss.append(float(loss.detach()))
+                t_lat.append(float(lat_us.detach()))
+                lis.on_step("theta", si + 1, len(tb), t_ce[-1], t_lat[-1])
+            for p in w_params:
+                p.requires_grad_(True)
+
+        th = theta.detach().cpu()
+        best_index = torch.argmax(th.masked_fill(~mask, float("-inf")), dim=-1).tolist()
+        record = {
+            "epoch": epoch + 1,
+            "tau": tau,
+            "lr_w": lr,
+            "phase": "w" if not tb else "w+theta",
+            "w_ce": _mean(w_ce),
+            "theta_ce": _mean(t_ce),
+            "theta_loss": _mean(t_loss),
+            "sampled_latency_us": _mean(t_lat or w_lat),
+            "expected_latency_us": expected_latency(th, mask, lat, fixed_us),
+            "most_likely_latency_us": float(fixed_us + sum(float(lat[li, i]) for li, i in enumerate(best_index))),
+            "seconds": time.perf_counter() - t0,
+            "probs": _probs(th, mask),
+        }
+        history.append(record)
+        if dist.main:
+            meta = {"epoch_done": epoch + 1, "config": cfg.identity(), "history": history}
+            state = {"supernet": net.state_dict(), "theta": th.clone(), "opt_w": opt_w.state_dict(),
+                     "opt_theta": opt_t.state_dict()}
+            _save_checkpoint(out, state, meta)
+        lis.on_epoch_end(record)
+    dist.barrier()
+
+    # ---- results ----------------------------------------------------------------------------------
+    th = theta.detach().cpu()
+    masked = th.masked_fill(~mask, float("-inf"))
+    best_index = torch.argmax(masked, dim=-1).tolist()
+    picks: list[tuple[str, list[int]]] = [("best", best_index)]
+    seen = {tuple(best_index)}
+    g = torch.Generator().manual_seed(cfg.seed + 12345)
+    probs = torch.softmax(masked, dim=-1)
+    tries = 0
+    while len(picks) < cfg.samples + 1 and tries < 50 * max(1, cfg.samples):
+        tries += 1
+        idx = torch.multinomial(probs, 1, generator=g).flatten().tolist()
+        if tuple(idx) in seen:
+            continue
+        seen.add(tuple(idx))
+        picks.append((f"sample-{len(picks)}", idx))
+    if len(picks) < cfg.samples + 1:
+        lis.on_note(f"only {len(picks) - 1} distinct samples besides the most likely architecture "
+                    "(the distribution is concentrated)")
+
+    heldout = None
+    archs: list[ArchResult] = []
+    run_name = out.name or "search"
+    for label, idx in picks:
+        blocks = [layer.candidates[i] for layer, i in zip(lut_space.layers, idx)]
+        arch = lut_space.arch(blocks, head, name=f"{run_name}-{label}")
+        path = out / f"arch-{label}.yaml"
+        pred = predict(arch, lut)
+        if dist.main:
+            arch.dump(path)
+        archs.append(ArchResult(label, arch.name, blocks, str(path), pred.total_us, arch.macs(), arch.params(),
+                                log_prob(th, mask, idx), pred.warnings))
+    if len(data.y_test):
+        heldout = _heldout_accuracy(net, best_index, data, cfg, device, accuracy)
+    wall = sum(r["seconds"] for r in history)
+    result = SearchResult(out, archs, history, wall, info["lut_space"], info, heldout, warnings, target_us)
+    if dist.main:
+        _write_outputs(result, cfg, lut_space, lat, mask, fixed_us)
+    lis.on_finish(result)
+    return result
+
+
+def _heldout_accuracy(net, index: list[int], data, cfg: SearchConfig, device, accuracy) -> float:
+    """Accuracy of the most likely architecture with the supernet's weights, BatchNorm statistics of its
+    path re-estimated on training images first (they were shared with other sampled paths)."""
+    import torch
+    from torch import nn
+
+    path_modules = [net.stem, net.head, net.fc] + [ops[i] for ops, i in zip(net.choices, index)]
+    bns = [m for mod in path_modules for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = {id(m): (m.momentum,) for m in bns}
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        net.train()
+        n = min(len(data.y_train), 512)
+        for i in range(0, n, cfg.batch_size):
+            if n - i >= 2:
+                net(data.x_train[i:i + cfg.batch_size].to(device), index=index)
+    for m in bns:
+        m.momentum = saved[id(m)][0]
+    return accuracy(net, data.x_test, data.y_test, str(device), index=index)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _write_outputs(result: SearchResult, cfg: SearchConfig, lut_space: Space, lat, mask, fixed_us: float) -> None:
+    from fbprof.search.plot import plot_theta_history
+
+    out = result.out
+    layers = [{"name": layer.name, "shape": f"{layer.cin}x{layer.h}x{layer.w}->{layer.cout} s{layer.stride}",
+               "candidates": list(layer.candidates),
+               "latency_us": [round(float(lat[li, ci]), 3) for ci in range(len(layer.candidates))]}
+              for li, layer in enumerate(lut_space.layers)]
+    hist = {
+        "schema": 1,
+        "space": result.lut_space,
+        "fixed_latency_us": round(fixed_us, 3),
+        "layers": layers,
+        "epochs": [{k: v for k, v in r.items()} for r in result.history],
+    }
+    atomic_write_text(out / "theta_history.json", json.dumps(hist, indent=1) + "\n")
+    plot_theta_history(hist, out / "theta.png")
+    summary = {
+        "schema": 1,
+        "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        "search": result.proxy,
+        "wall_s": round(result.wall_s, 2),
+        "heldout_accuracy_supernet": result.heldout_accuracy,
+        "target_us": result.target_us,
+        "warnings": result.warnings,
+        "architectures": [
+            {"label": a.label, "name": a.name, "file": Path(a.path).name, "predicted_us": round(a.predicted_us, 3),
+             "macs": a.macs, "params": a.params, "log_prob": round(a.log_prob, 4), "blocks": a.blocks}
+            for a in result.archs
+        ],
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")

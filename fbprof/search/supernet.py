@@ -1,0 +1,213 @@
+"""The FBNet supernet, built from the same space data and block builders as the profiler.
+
+Two resolutions are in play:
+
+* the **LUT space** -- the space at the LUT's resolution and width. Latencies are read from it:
+  ``LUT(l, i)`` is the LUT row of ``space.layers[l].spec(candidate_i)`` (an identity skip costs 0).
+* the **proxy space** -- the same space data resolved at the proxy training resolution (e.g. 32 px
+  digits). Its layers correspond one to one with the LUT space's (same stages, repeats, channels and
+  candidates); only the spatial sizes differ, and strides may be adapted (rule below). Every
+  candidate is ``build_op(proxy_layer.spec(candidate))`` -- the very modules the profiler measures.
+
+**Stride adaptation rule.** Strides are listed in network order: the stem's, then the first
+layer's of every stage. With the proxy resolution R, the final feature map is R reduced by every
+stride (``ceil(size / stride)`` per strided conv). While it is smaller than ``min_feature``
+(4 by default), the *latest* remaining stride > 1 is set to 1 (the stem's last of all). Latest first
+keeps the early, high-resolution layers as cheap as in the real network and spends the spatial
+extent where channels are many. At R = 32 the FBNet space (strides 2, 2, 2, 2, 2 for stem and
+stages 2, 3, 4, 6) drops the strides of stages 6 and 4 and ends at 4x4; at R >= 128 nothing changes,
+and at R equal to the LUT's the proxy network has exactly the LUT's shapes. The adapted strides only
+shape the proxy network; latencies always come from the LUT space.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fbprof.errors import InputError
+from fbprof.lut.table import Lut
+from fbprof.profiler.ops import ChannelShuffle, build_op
+from fbprof.space import Space, decode_space
+
+__all__ = [
+    "ProxyPlan", "proxy_space", "adapt_strides", "BatchChannelShuffle", "trainable", "latency_table",
+    "Supernet", "ChildNet", "build_child", "sample_gumbel",
+]
+
+
+@dataclass(frozen=True)
+class ProxyPlan:
+    space: Space
+    dropped: tuple[str, ...]  # e.g. ("stage 6", "stage 4"): strides set to 1 by the adaptation rule
+
+
+def _out(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def adapt_strides(data: dict, resolution: int, min_feature: int = 4) -> tuple[dict, list[str]]:
+    """A copy of the space data whose strides leave a final feature map of at least ``min_feature``."""
+    d = json.loads(json.dumps(data))  # plain dicts/lists, a deep copy
+    stem = d.setdefault("stem", {})
+    stages = d.get("stages") or []
+    slots: list[tuple[str, dict]] = [("stem", stem)] + [(f"stage {i}", st) for i, st in enumerate(stages, 1)]
+
+    def stride(s: dict, is_stem: bool) -> int:
+        return int(s.get("stride", 2 if is_stem else 1))
+
+    def final() -> int:
+        size = resolution
+        for name, s in slots:
+            size = _out(size, stride(s, name == "stem"))
+        return size
+
+    dropped: list[str] = []
+    while final() < min_feature:
+        strided = [(name, s) for name, s in slots if stride(s, name == "stem") > 1]
+        if not strided:
+            break
+        name, s = strided[-1]
+        s["stride"] = 1
+        dropped.append(name)
+    return d, dropped
+
+
+def proxy_space(lut_space: Space, resolution: int, num_classes: int, min_feature: int = 4) -> ProxyPlan:
+    """The LUT space re-resolved at the proxy ``resolution`` with ``num_classes`` outputs."""
+    if resolution < 8:
+        raise InputError(f"proxy resolution {resolution} is too small (at least 8)")
+    data, dropped = adapt_strides(copy.deepcopy(dict(lut_space.raw)), resolution, min_feature)
+    data["num_classes"] = num_classes
+    data["resolution"] = resolution
+    proxy = decode_space(data, f"{lut_space.source} (proxy at {resolution}px)", lut_space.source, resolution,
+                         lut_space.width)
+    if len(proxy.layers) != len(lut_space.layers) or any(
+        a.candidates != b.candidates or a.cout != b.cout for a, b in zip(proxy.layers, lut_space.layers)
+    ):  # pragma: no cover - same data, only strides/resolution differ
+        raise InputError("the proxy space does not match the LUT space layer for layer")
+    return ProxyPlan(proxy, tuple(dropped))
+
+
+# --------------------------------------------------------------------------------------------------
+class BatchChannelShuffle(nn.Module):
+    """Channel shuffle for any batch size (the profiler's shuffle has a static batch of 1 for export)."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def trainable(module: nn.Module) -> nn.Module:
+    """Make a ``build_op`` module batch-agnostic (swap static-shape channel shuffles) and put it in train mode."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, ChannelShuffle):
+            setattr(module, name, BatchChannelShuffle(child.groups))
+        else:
+            trainable(child)
+    return module.train()
+
+
+def latency_table(lut_space: Space, lut: Lut, head_channels: int) -> tuple[torch.Tensor, torch.Tensor, float, list[list[str]]]:
+    """(lat, mask, fixed_us, keys): ``lat[l, i]`` = LUT(l, i) in µs (identity 0, padding 0), ``mask`` marks real
+    candidates, ``fixed_us`` the stem + head + pool + FC, ``keys`` the LUT key per candidate ("identity" for 0)."""
+    n = max(len(layer.candidates) for layer in lut_space.layers)
+    lat = torch.zeros(len(lut_space.layers), n, dtype=torch.float64)
+    mask = torch.zeros(len(lut_space.layers), n, dtype=torch.bool)
+    keys: list[list[str]] = []
+    for li, layer in enumerate(lut_space.layers):
+        row = []
+        for ci, cand in enumerate(layer.candidates):
+            spec = layer.spec(cand)
+            lat[li, ci] = lut.latency_us(spec)
+            mask[li, ci] = True
+            row.append("identity" if spec.is_identity else spec.key)
+        keys.append(row)
+    fixed = lut.latency_us(lut_space.stem) + sum(lut.latency_us(s) for _, s in lut_space.tail_specs(head_channels))
+    return lat.float(), mask, float(fixed), keys
+
+
+def sample_gumbel(theta: torch.Tensor, mask: torch.Tensor, tau: float, hard: bool,
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Gumbel-softmax weights ``m`` (layers x candidates) and the sampled index per layer.
+
+    ``m = softmax((theta + g) / tau)`` with ``g ~ Gumbel(0, 1)``. ``hard``: the forward value is the
+    one-hot of ``argmax(theta + g)`` (a sample of softmax(theta), whatever tau) and the gradient is
+    the soft one (straight-through).
+    """
+    u = torch.rand(theta.shape, generator=generator, dtype=theta.dtype).to(theta.device)
+    g = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+    logits = ((theta + g) / tau).masked_fill(~mask, float("-inf"))
+    soft = torch.softmax(logits, dim=-1)
+    index = torch.argmax(logits, dim=-1)
+    if hard:
+        one_hot = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+        m = one_hot - soft.detach() + soft
+    else:
+        m = soft
+    return m, index.tolist()
+
+
+class Supernet(nn.Module):
+    """Stem, one ModuleList of candidate blocks per searched layer, head, pool, FC."""
+
+    def __init__(self, proxy: Space, head_channels: int) -> None:
+        super().__init__()
+        self.stem = trainable(build_op(proxy.stem))
+        self.choices = nn.ModuleList(
+            nn.ModuleList(trainable(build_op(layer.spec(c))) for c in layer.candidates) for layer in proxy.layers
+        )
+        head, pool, fc = (s for _, s in proxy.tail_specs(head_channels))
+        self.head = trainable(build_op(head))
+        self.pool = build_op(pool)
+        self.fc = trainable(build_op(fc))
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None, index: list[int] | None = None) -> torch.Tensor:
+        """``index`` given: run only the chosen candidate per layer (hard mode), scaled by ``weights[l, i]``
+        when weights are given (their value is 1; the product carries the straight-through gradient).
+        ``index`` None: the weighted sum of every candidate (soft mode; ``weights`` required)."""
+        x = self.stem(x)
+        for li, ops in enumerate(self.choices):
+            if index is not None:
+                i = index[li]
+                y = ops[i](x)
+                x = y * weights[li, i] if weights is not None else y
+            else:
+                assert weights is not None, "soft mode needs weights"
+                x = sum(weights[li, i] * op(x) for i, op in enumerate(ops))
+        return self.fc(self.pool(self.head(x)))
+
+
+class ChildNet(nn.Sequential):
+    """One architecture of the proxy space as a plain network (for training from scratch and the step benchmark)."""
+
+
+def build_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels: int) -> ChildNet:
+    mods: list[nn.Module] = [trainable(build_op(proxy.stem))]
+    mods += [trainable(build_op(layer.spec(b))) for layer, b in zip(proxy.layers, blocks)]
+    mods += [trainable(build_op(s)) for _, s in proxy.tail_specs(head_channels)]
+    return ChildNet(*mods)
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def log_prob(theta: torch.Tensor, mask: torch.Tensor, index: list[int]) -> float:
+    """log P(arch) under softmax(theta)."""
+    lp = torch.log_softmax(theta.masked_fill(~mask, float("-inf")), dim=-1)
+    return float(sum(lp[li, i] for li, i in enumerate(index)))
+
+
+def expected_latency(theta: torch.Tensor, mask: torch.Tensor, lat: torch.Tensor, fixed_us: float) -> float:
+    p = torch.softmax(theta.masked_fill(~mask, float("-inf")), dim=-1)
+    return float(fixed_us + (p * lat).sum())
+

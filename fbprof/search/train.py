@@ -1,0 +1,74 @@
+"""Training one architecture of the proxy space from scratch (the evidence run, the step benchmark)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fbprof.search.data import Dataset
+from fbprof.search.supernet import build_child
+from fbprof.space import Space
+
+__all__ = ["TrainResult", "train_child", "accuracy", "batches"]
+
+
+@dataclass
+class TrainResult:
+    accuracy: float  # on the held-out part
+    final_loss: float
+    seconds: float
+    epochs: int
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled list of index batches; a trailing batch of 1 is dropped (BatchNorm needs 2 in train mode)."""
+    perm = torch.randperm(n, generator=generator)
+    out = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [b for b in out if len(b) >= 2]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "cpu", batch_size: int = 256,
+             **forward_kwargs) -> float:
+    if len(y) == 0:
+        return float("nan")
+    was = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        out = model(x[i:i + batch_size].to(device), **forward_kwargs)
+        correct += int((out.argmax(dim=1).cpu() == y[i:i + batch_size]).sum())
+    model.train(was)
+    return correct / len(y)
+
+
+def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels: int, data: Dataset, epochs: int,
+                batch_size: int = 32, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
+                seed: int = 0, device: str = "cpu") -> TrainResult:
+    """SGD with momentum and a cosine learning rate for ``epochs`` on the training part; accuracy on the held-out part."""
+    torch.manual_seed(seed)
+    net = build_child(proxy, blocks, head_channels).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    gen = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    t0 = time.perf_counter()
+    last = float("nan")
+    steps = 0
+    total = epochs * len(batches(len(data.y_train), batch_size, torch.Generator().manual_seed(0)))
+    for _ in range(epochs):
+        for b in batches(len(data.y_train), batch_size, gen):
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * steps / max(1, total)))
+            x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last = float(loss.detach())
+            steps += 1
+    seconds = time.perf_counter() - t0
+    return TrainResult(accuracy(net, data.x_test, data.y_test, device), last, seconds, epochs)

@@ -1,0 +1,270 @@
+"""Every deployment format: each block kind exports, and runs like torch where a runtime exists here.
+
+ONNX (onnxruntime), TorchScript (torch), TFLite (LiteRT) and ExecuTorch are run and compared with
+torch's output; CoreML packages are converted and read back (prediction needs macOS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+
+from fbprof.spec import OpSpec
+
+# one representative shape per block kind (tiny-space sizes, small channels)
+KEYS = [
+    "stem:3x32x32:8:s2",
+    "k3_e1:16x8x8:16:s1",  # no expansion conv, residual
+    "k5_e3:8x16x16:16:s2",  # expansion, stride 2
+    "k3_e6:16x8x8:16:s1",  # expansion, residual
+    "k5_e1_g2:16x8x8:16:s1",  # group convs + channel shuffle
+    "skip:8x16x16:16:s2",  # shape-changing skip: 1x1 conv
+    "head:24x4x4:64:s1",
+    "pool:64x4x4:64:s1",
+    "fc:64x1x1:10:s1",
+]
+#: blocks whose TFLite graph must carry no TRANSPOSE (the shuffle of g2 blocks is a transpose by
+#: definition; an isolated pool keeps one boundary transpose, see docs/formats.md)
+PLAIN = {"stem", "k3_e1", "k5_e3", "k3_e6", "skip", "head", "fc"}
+RUNNABLE = {"onnx": "onnxruntime", "torchscript": "torch", "tflite": "litert", "pte": "executorch"}
+
+
+@pytest.fixture(scope="session")
+def cache(cache_dir):
+    from fbprof.profiler.export import ArtifactCache
+
+    return ArtifactCache(cache_dir)
+
+
+def _torch_output(spec: OpSpec) -> np.ndarray:
+    import torch
+
+    from fbprof.profiler.ops import build_calibrated_op, example_input
+
+    with torch.no_grad():
+        return build_calibrated_op(spec)(example_input(spec)).numpy()
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize("fmt", sorted(RUNNABLE))
+def test_exported_op_computes_what_torch_computes(fmt, key, cache):
+    from fbprof.devices.local import LocalDevice
+    from fbprof.profiler.export import export_op
+
+    spec = OpSpec.parse(key)
+    art = export_op(spec, fmt, cache)
+    ref = _torch_output(spec)
+    x = np.asarray(art.input)
+    if fmt == "tflite" and len(spec.input_shape) == 4:
+        assert art.layout == "nhwc"
+        assert x.shape == (1, spec.h, spec.w, spec.cin)  # channel-last input, no boundary transpose
+    else:
+        assert x.shape == spec.input_shape
+    if art.layout == "nhwc" and ref.ndim == 4:
+        ref = ref.transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(art.expected, ref, rtol=1e-5, atol=1e-6)
+
+    got = np.asarray(LocalDevice(pin=False).open_session(art, RUNNABLE[fmt], 1).run())
+    assert got.shape == ref.shape
+    scale = max(1.0, float(np.abs(ref).max()))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)
+
+    if fmt == "tflite":
+        from fbprof.profiler.export_mobile import tflite_ops
+
+        ops = tflite_ops(art.path)
+        assert ops, "empty TFLite graph"
+        if spec.op in PLAIN:
+            assert "TRANSPOSE" not in ops, f"{key}: {ops}"
+
+
+def test_tflite_ops_reads_the_graph_and_rejects_other_files(cache, tmp_path):
+    from fbprof.errors import InputError
+    from fbprof.profiler.export import export_op
+    from fbprof.profiler.export_mobile import tflite_ops
+
+    ops = tflite_ops(export_op(OpSpec.parse("k3_e6:16x8x8:16:s1"), "tflite", cache).path)
+    assert ops.count("CONV_2D") == 2 and ops.count("DEPTHWISE_CONV_2D") == 1 and "ADD" in ops
+    bad = tmp_path / "x.tflite"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(InputError, match="not a TFLite flatbuffer"):
+        tflite_ops(bad)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_coreml_package_is_produced(key, cache):
+    import coremltools as ct
+
+    from fbprof.profiler.export import export_op
+
+    spec = OpSpec.parse(key)
+    art = export_op(spec, "mlpackage", cache)
+    assert art.path.is_dir() and art.path.suffix == ".mlpackage"
+    assert (art.path / "Manifest.json").exists()
+    model = ct.models.MLModel(str(art.path), skip_model_load=True)
+    desc = model.get_spec()
+    assert desc.WhichOneof("Type") == "mlProgram"
+    inp = desc.description.input[0]
+    assert inp.name == "input"
+    assert tuple(inp.type.multiArrayType.shape) == spec.input_shape
+    assert desc.description.output[0].name == "output"
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="CoreML prediction runs on macOS/iOS only")
+def test_coreml_prediction_matches_torch(cache):  # pragma: no cover - macOS only
+    import coremltools as ct
+
+    from fbprof.profiler.export import export_op
+
+    spec = OpSpec.parse("k3_e6:16x8x8:16:s1")
+    art = export_op(spec, "mlpackage", cache)
+    got = ct.models.MLModel(str(art.path)).predict({"input": art.input})["output"]
+    np.testing.assert_allclose(got, art.expected, rtol=1e-3, atol=1e-3)
+
+
+def test_coreml_rejects_bad_options(cache):
+    from fbprof.errors import MeasurementError
+    from fbprof.profiler.export import export_op
+
+    with pytest.raises(MeasurementError, match="CoreML precision 'int3'"):
+        export_op(OpSpec.parse("fc:64x1x1:10:s1"), "mlpackage", cache, {"precision": "int3"})
+
+
+# ---- missing extras ----------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt,extra", [("tflite", "tflite"), ("pte", "executorch"), ("mlpackage", "coreml")])
+def test_missing_converter_names_the_pip_command(fmt, extra, monkeypatch, tmp_path):
+    from fbprof.errors import MissingExtraError
+    from fbprof.profiler import export
+
+    monkeypatch.setitem(export.EXPORTERS, fmt, dataclasses.replace(export.EXPORTERS[fmt], module="fbprof_no_such_converter"))
+    with pytest.raises(MissingExtraError) as err:
+        export.export_op(OpSpec.parse("fc:64x1x1:10:s1"), fmt, export.ArtifactCache(tmp_path))
+    assert f"pip install 'fbprof[{extra}]'" in str(err.value)
+    assert "fbprof_no_such_converter" in str(err.value)
+
+
+@pytest.mark.parametrize("backend,extra", [("litert", "tflite"), ("executorch", "executorch")])
+def test_missing_runtime_names_the_pip_command(backend, extra, monkeypatch, tmp_path):
+    from fbprof.devices import base
+    from fbprof.devices.local import LocalDevice
+    from fbprof.errors import MissingExtraError
+
+    monkeypatch.setitem(base.BACKENDS, backend, dataclasses.replace(base.BACKENDS[backend], module="fbprof_no_such_runtime"))
+    art = base.Artifact("fc:64x1x1:10:s1", base.BACKENDS[backend].format, tmp_path / "m", np.zeros((1, 64), np.float32),
+                        np.zeros((1, 10), np.float32))
+    with pytest.raises(MissingExtraError, match=rf"pip install 'fbprof\[{extra}\]'"):
+        LocalDevice(pin=False).open_session(art, backend, 1)
+
+
+def test_cli_export_missing_extra_exits_3(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from fbprof.cli import app
+    from fbprof.profiler import export
+
+    monkeypatch.setitem(export.EXPORTERS, "mlpackage",
+                        dataclasses.replace(export.EXPORTERS["mlpackage"], module="fbprof_no_such_converter"))
+    r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "coreml", "-o", str(tmp_path / "m.mlpackage")])
+    assert r.exit_code == 3
+    assert "pip install 'fbprof[coreml]'" in r.output
+    assert not (tmp_path / "m.mlpackage").exists()
+
+
+# ---- conversion in parallel worker processes ---------------------------------------------------
+@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+def test_export_ops_converts_in_spawned_workers(fmt, tmp_path):
+    from fbprof.devices.base import Artifact
+    from fbprof.profiler.export import ArtifactCache, export_ops
+
+    cache = ArtifactCache(tmp_path)
+    specs = [OpSpec.parse(k) for k in ("k3_e1:8x16x16:8:s1", "skip:16x8x8:24:s2", "stem:3x32x32:8:s2")]
+    done: list[str] = []
+    out = export_ops(specs, fmt, cache, workers=2, on_done=done.append)
+    assert sorted(done) == sorted(s.key for s in specs)
+    for s in specs:
+        assert isinstance(out[s.key], Artifact), out[s.key]
+        assert out[s.key].path.exists() and out[s.key].format == fmt
+    # a second run finds every artifact in the cache (same content hash)
+    again = export_ops(specs, fmt, cache, workers=2)
+    assert {k: a.path for k, a in again.items()} == {k: a.path for k, a in out.items()}
+
+
+# ---- LUTs through the shared loop --------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["litert", "executorch"])
+def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
+    from fbprof.devices.local import LocalDevice
+    from fbprof.lut.table import read_lut
+    from fbprof.profiler.session import MeasureRequest, measure_lut
+
+    specs = [OpSpec.parse(k) for k in ("k3_e1:16x8x8:16:s1", "fc:64x1x1:10:s1")]
+    out = tmp_path / f"{backend}.csv"
+    summary = measure_lut(MeasureRequest(specs=specs, out=out, device=LocalDevice(pin=False), backend=backend,
+                                         loop=quick_loop, cache=cache))
+    assert not summary.failed and summary.counts.get("invalid", 0) == 0
+    lut = read_lut(out)
+    assert set(lut.rows) == {s.key for s in specs}
+    assert lut.header["backend"] == backend
+    assert lut.header["format"] == {"litert": "tflite", "executorch": "pte"}[backend]
+    assert "unknown" not in lut.header["runtime"] and "XNNPACK" in lut.header["denormals"]
+    for row in lut.rows.values():
+        assert "output not checked" not in row.notes
+
+
+# ---- whole architectures -----------------------------------------------------------------------
+def test_cli_export_fbnet_b_tflite_runs_in_litert(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+    from typer.testing import CliRunner
+
+    from fbprof.cli import app
+    from fbprof.profiler.export_mobile import tflite_ops
+
+    out = tmp_path / "fbnet-b.tflite"
+    r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "tflite", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "checked with litert" in r.output
+    it = Interpreter(model_path=str(out), num_threads=1)
+    it.allocate_tensors()
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    assert tuple(inp["shape"]) == (1, 224, 224, 3)
+    it.set_tensor(inp["index"], np.random.default_rng(0).standard_normal((1, 224, 224, 3), dtype=np.float32))
+    it.invoke()
+    y = it.get_tensor(outp["index"])
+    assert y.shape == (1, 1000) and np.all(np.isfinite(y)) and float(np.abs(y).max()) > 0
+    ops = tflite_ops(out)
+    assert "TRANSPOSE" not in ops and ops.count("DEPTHWISE_CONV_2D") == 21
+
+
+TINY_ARCH = "schema: 1\nname: tiny-a\nspace: tiny\nblocks: [k3_e1, k3_e3, k5_e3, skip]\n"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "executorch", "coreml"])
+def test_export_arch_every_format(fmt, tmp_path):
+    from fbprof.profiler.export import EXPORTERS
+    from fbprof.profiler.export_arch import export_arch, resolve_format
+    from fbprof.space import load_arch
+
+    (tmp_path / "a.yaml").write_text(TINY_ARCH)
+    arch = load_arch(tmp_path / "a.yaml")
+    out = tmp_path / f"tiny-a{EXPORTERS[resolve_format(fmt)].suffix}"
+    r = export_arch(arch, fmt, out)
+    assert out.exists() and r.path == out
+    assert r.input_shape == (1, 3, 32, 32) and r.output_shape == (1, 10)
+    if fmt == "coreml":
+        assert r.backend is None and "macOS" in r.not_checked
+    else:
+        assert r.backend is not None and r.check_problem is None and r.max_abs_error < 1e-4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_cli_export_rejects_unknown_format_and_wrong_suffix(tmp_path):
+    from typer.testing import CliRunner
+
+    from fbprof.cli import app
+
+    r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "caffe"])
+    assert r.exit_code == 2 and "unknown format 'caffe'" in r.output and "tflite" in r.output
+    r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "tflite", "-o", str(tmp_path / "m.onnx")])
+    assert r.exit_code == 2 and "should end in .tflite" in r.output

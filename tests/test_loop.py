@@ -1,0 +1,76 @@
+"""The measuring loop with a fake clock: deterministic behaviour, no timing thresholds."""
+
+import pytest
+
+from fbprof.profiler.loop import INVALID, OK, UNSTABLE, LoopConfig, Stats, measure, run_loop
+
+
+class FakeClock:
+    def __init__(self, durations):
+        self.t = 0.0
+        self.durations = durations  # function: call index -> seconds
+        self.calls = 0
+
+    def __call__(self):
+        return self.t
+
+    def work(self):
+        self.t += self.durations(self.calls)
+        self.calls += 1
+
+
+def test_min_count_and_min_time_both_met():
+    clk = FakeClock(lambda i: 0.002)
+    cfg = LoopConfig(warmup_runs=2, warmup_min_s=0.0, min_runs=10, min_time_s=0.1, target_sample_s=0.0)
+    res = run_loop(clk.work, cfg, clock=clk)
+    assert not res.capped
+    assert len(res.samples) == 50  # 0.1 s / 2 ms: time, not count, was the binding limit
+    assert all(s == pytest.approx(0.002) for s in res.samples)
+
+
+def test_sub_millisecond_work_is_repeated_inside_a_sample():
+    clk = FakeClock(lambda i: 0.0001)
+    cfg = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, target_sample_s=0.001)
+    res = run_loop(clk.work, cfg, clock=clk)
+    assert res.repeats == 10
+    assert res.samples[0] == pytest.approx(0.0001)
+
+
+def test_cap_before_min_runs_is_invalid():
+    clk = FakeClock(lambda i: 0.5)
+    cfg = LoopConfig(warmup_runs=0, warmup_min_s=0.0, min_runs=10, min_time_s=0.0, max_time_s=2.0, retries=0)
+    m = measure(clk.work, cfg, clock=clk, sleep=lambda s: None)
+    assert m.status == INVALID
+    assert m.stats.n < 10
+    assert "hit the cap" in m.notes[0]
+
+
+def test_noisy_row_is_remeasured_then_marked_unstable():
+    clk = FakeClock(lambda i: 0.001 if i % 2 else 0.003)
+    cfg = LoopConfig(warmup_runs=0, warmup_min_s=0.0, min_runs=20, min_time_s=0.0, target_sample_s=0.0, retries=1)
+    retries = []
+    m = measure(clk.work, cfg, clock=clk, sleep=lambda s: None, on_retry=lambda a, cv: retries.append(a))
+    assert retries == [1]
+    assert m.attempts == 2 and m.status == UNSTABLE
+    assert "after 2 attempts" in m.notes[0]
+
+
+def test_noisy_then_quiet_keeps_quiet_attempt():
+    state = {"quiet": False}
+    clk = FakeClock(lambda i: 0.001 if state["quiet"] else (0.001 if i % 2 else 0.004))
+    cfg = LoopConfig(warmup_runs=0, warmup_min_s=0.0, min_runs=20, min_time_s=0.0, target_sample_s=0.0, retries=2)
+    m = measure(clk.work, cfg, clock=clk, sleep=lambda s: state.update(quiet=True))
+    assert m.status == OK and m.attempts == 2 and m.stats.cv == pytest.approx(0.0)
+
+
+def test_stats_percentiles_need_enough_samples():
+    s = Stats.of([1.0, 2.0, 3.0])
+    assert s.p10 is None and s.median == 2.0
+    s = Stats.of([float(i) for i in range(1, 101)])
+    assert s.p10 == pytest.approx(10.9) and s.p90 == pytest.approx(90.1)
+    assert s.min == 1 and s.max == 100 and s.n == 100
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        LoopConfig(min_runs=0)

@@ -1,0 +1,162 @@
+"""`fbprof measure --device local` end to end: LUT written, resume, kill mid-run, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from fbprof.cli import app
+from fbprof.lut.table import Journal, read_lut
+from fbprof.profiler.session import check_output
+from fbprof.space import load_space
+
+from conftest import fbprof_cmd
+
+runner = CliRunner()
+QUICK = ["--min-runs", "5", "--min-time", "0", "--warmup", "1", "--workers", "1", "-q"]
+
+
+def run(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_lut(tmp_path_factory, cache_dir):
+    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir)
+    out = tmp_path_factory.mktemp("lut") / "tiny.csv"
+    res = run("measure", "--space", "tiny", "--out", str(out), *QUICK)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_measure_writes_a_valid_complete_lut(tiny_lut):
+    lut = read_lut(tiny_lut)
+    specs = load_space("tiny").all_specs()
+    assert sorted(lut.rows) == [s.key for s in specs]
+    h = lut.header
+    assert h["device"] == "local" and h["backend"] == "onnxruntime" and h["threads"] == "1"
+    assert h["spaces"] == "tiny@32/w1"
+    assert h["runtime"].startswith("onnxruntime ")
+    assert "bn-calibrated" in h["activations"] and "denormal" in h["denormals"]
+    assert h["command"].startswith("fbprof measure --device local --backend onnxruntime --space tiny --resolution 32")
+    for key in ("cpu_model", "cores", "governor", "os", "fbprof", "loop"):
+        assert key in h
+    assert all(r.stats.n >= 5 and r.stats.median > 0 for r in lut.rows.values())
+    assert not Journal(tiny_lut).exists()
+
+
+def test_second_run_measures_nothing(tiny_lut):
+    before = tiny_lut.read_text()
+    res = run("measure", "--space", "tiny", "--out", str(tiny_lut), *QUICK)
+    assert res.exit_code == 0
+    assert "measured 0, reused 18" in res.output
+    assert tiny_lut.read_text() == before
+
+
+def test_remeasure_changes_numbers_only(tiny_lut, tmp_path):
+    copy = tmp_path / "again.csv"
+    copy.write_text(tiny_lut.read_text())
+    res = run("measure", "--space", "tiny", "--out", str(copy), "--remeasure", *QUICK)
+    assert res.exit_code == 0 and "measured 18" in res.output
+    old, new = tiny_lut.read_text().splitlines(), copy.read_text().splitlines()
+    assert len(old) == len(new)
+    assert [line.split(",")[0] for line in old] == [line.split(",")[0] for line in new]
+
+
+def test_predict_and_validate_cli(tiny_lut, tmp_path):
+    arch = tmp_path / "a.yaml"
+    arch.write_text("name: mine\nspace: tiny\nblocks: [k3_e1, k3_e3, skip, k5_e3]\n")
+    res = run("predict", str(arch), "--lut", str(tiny_lut))
+    assert res.exit_code == 0 and "mine" in res.output and "stem" in res.output
+    res = run("lut", "validate", str(tiny_lut))
+    assert res.exit_code == 0 and "valid, 18 rows" in res.output
+    res = run("predict", "fbnet-b", "--lut", str(tiny_lut))
+    assert res.exit_code == 2
+    assert "does not cover architecture fbnet-b" in res.output and "stem:3x224x224:16:s2" in res.output
+
+
+def test_lut_from_another_machine_is_not_mixed(tiny_lut, tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text(tiny_lut.read_text().replace("# threads: 1", "# threads: 4"))
+    res = run("measure", "--space", "tiny", "--out", str(other), *QUICK)
+    assert res.exit_code == 2
+    assert "measured differently" in res.output and "threads: '4' there, '1' now" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "pixel9"], "unknown device 'pixel9'; known devices: local"),
+    (["--backend", "tensorrt"], "unknown backend 'tensorrt'; known backends: onnxruntime, torch"),
+    (["--space", "nas"], "unknown space 'nas'; known spaces: fbnet, tiny"),
+    (["--min-runs", "0"], "Invalid value"),
+])
+def test_bad_names_are_errors_listing_valid_ones(tmp_path, args, message):
+    res = run("measure", "--space", "tiny", "--out", str(tmp_path / "x.csv"), *args)
+    assert res.exit_code != 0
+    assert message in res.output
+
+
+def test_torch_backend(tmp_path):
+    sp = tmp_path / "one.yaml"
+    sp.write_text("name: one\nresolution: 16\nnum_classes: 4\nstem: {channels: 8, stride: 2}\n"
+                  "candidates: [k3_e3]\nstages:\n  - {channels: 8, repeats: 1, stride: 1}\nhead: {channels: 16}\n")
+    out = tmp_path / "t.csv"
+    res = run("measure", "--space", str(sp), "--backend", "torch", "--out", str(out), *QUICK)
+    assert res.exit_code == 0, res.output
+    lut = read_lut(out)
+    assert lut.header["backend"] == "torch" and lut.header["format"] == "torchscript"
+    assert len(lut) == 5 and all(r.status in ("ok", "unstable") for r in lut.rows.values())
+
+
+def test_output_check():
+    ref = np.linspace(-3, 3, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    assert check_output(ref, ref + 1e-6) is None
+    assert "max abs error" in check_output(ref, ref + 0.1)
+    assert "NaN" in check_output(ref, np.full_like(ref, np.nan))
+    assert "output shape" in check_output(ref, np.zeros((1, 5)))
+
+
+def _rows_in(path):
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line and not line.startswith(("#", "key,")))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_interrupted_run_resumes_without_remeasuring(tmp_path, cache_dir, sig):
+    out = tmp_path / "tiny.csv"
+    env = {**os.environ, "FBPROF_CACHE_DIR": str(cache_dir)}
+    # slow enough per op (0.2 s) that the interruption lands mid-run
+    args = [*fbprof_cmd(), "measure", "--space", "tiny", "--out", str(out), "--min-runs", "5", "--min-time", "0.2",
+            "--warmup", "1", "--workers", "1", "-q"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    journal = Journal(out).path
+    deadline = time.monotonic() + 120
+    while _rows_in(journal) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode != 0, output
+    if sig == signal.SIGKILL:
+        kept = _rows_in(journal)  # the journal survives a kill
+        done_keys = set(Journal(out).read()[1])
+    else:
+        assert "interrupted: finished rows are saved" in output
+        assert not journal.exists()
+        done_keys = set(read_lut(out).rows)  # Ctrl-C writes the LUT with the finished rows
+        kept = len(done_keys)
+    assert 3 <= kept < 18
+    before = {k: v for k, v in (Journal(out).read()[1].items() if journal.exists() else read_lut(out).rows.items())}
+    res = subprocess.run([*args[:-1]], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"measured {18 - kept}, reused {kept}" in res.stdout.replace("\n", " ")
+    lut = read_lut(out)  # strict: no duplicates
+    assert len(lut) == 18
+    for k in done_keys:  # finished rows were kept as they were, not measured again
+        assert lut.rows[k].stats == before[k].stats
+    assert not journal.exists()
