@@ -69,18 +69,26 @@ def verify_token(pub: str, token: bytes, signature: bytes) -> bool:
 
 @dataclass
 class Faults:
-    """Faults to inject. ``*_times`` counts how often a fault fires (None: every time)."""
+    """Faults to inject. ``*_skip``: matching occasions let through first; ``*_times``: how often the
+    fault then fires (None: every time)."""
 
     refuse_auth: bool = False
     drop_push_after: int | None = None  # drop the connection after this many bytes of a pushed file
+    drop_push_skip: int = 0
     drop_push_times: int | None = 1
     drop_run: str | None = None  # drop the connection right after a shell command containing this starts
+    drop_run_skip: int = 0
     drop_run_times: int | None = 1
     stall: str | None = None  # stop answering when a service containing this is opened ("sync:", "shell:...")
+    stall_skip: int = 0
     stall_times: int | None = 1
     unplug_after: tuple[str, int] | None = None  # (substring, n): after n matching commands the device is gone
 
     def fire(self, name: str) -> bool:
+        skip = getattr(self, f"{name}_skip")
+        if skip > 0:
+            setattr(self, f"{name}_skip", skip - 1)
+            return False
         left = getattr(self, f"{name}_times")
         if left is None:
             return True
@@ -485,7 +493,8 @@ class _Conn:
                 raise _Dropped(f"bad push packet {ident!r}")
             parts.append(s.read_exact(n))
             received += n
-            if f.drop_push_after is not None and received >= f.drop_push_after and f.fire("drop_push"):
+            if (f.drop_push_after is not None and received - n < f.drop_push_after <= received
+                    and f.fire("drop_push")):
                 self.drop(f"dropped while pushing {path}")
                 raise _Dropped("fault: drop mid-push")
         if p is None:
@@ -502,3 +511,58 @@ class _Conn:
             return
         self.d.record("push", path)
         s.write(struct.pack("<4sI", b"OKAY", 0))
+
+
+# -- helpers for the tests -------------------------------------------------------------------------
+def make_key(path: Path) -> str:
+    """An adb key pair at ``path`` (created the way fbprof creates it); returns the public key text."""
+    from fbprof.devices.adb_link import ensure_key
+
+    ensure_key(Path(path))
+    return Path(str(path) + ".pub").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+FAKE_GETPROP = """#!/bin/sh
+# stand-in for Android's getprop (test fixture): the properties of a Galaxy S8
+case "$1" in
+  ro.product.manufacturer) echo samsung ;;
+  ro.product.model) echo SM-G950F ;;
+  ro.board.platform) echo msm8998 ;;
+  ro.product.cpu.abi) echo arm64-v8a ;;
+  ro.build.version.release) echo 9 ;;
+  ro.build.version.sdk) echo 28 ;;
+  *) echo ;;
+esac
+"""
+
+
+def fake_android(root: Path, governor: str = "performance", temps: dict[str, int] | None = None) -> dict[str, str]:
+    """Android-like files for the daemon's shell: getprop on PATH, cpufreq and thermal folders.
+    Returns the daemon env and the device settings that point at them."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    gp = bin_dir / "getprop"
+    gp.write_text(FAKE_GETPROP)
+    gp.chmod(0o755)
+    for i in range(2):
+        f = root / "sys" / "cpu" / f"cpu{i}" / "cpufreq"
+        f.mkdir(parents=True, exist_ok=True)
+        (f / "scaling_governor").write_text(governor + "\n")
+        (f / "scaling_cur_freq").write_text("1900800\n")
+        (f / "cpuinfo_max_freq").write_text("2457600\n")
+    for i, (kind, milli) in enumerate((temps or {"tsens_tz_sensor1": 35000, "battery": 30000}).items()):
+        z = root / "sys" / "thermal" / f"thermal_zone{i}"
+        z.mkdir(parents=True, exist_ok=True)
+        (z / "type").write_text(kind + "\n")
+        (z / "temp").write_text(f"{milli}\n")
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def set_temp(root: Path, zone: int, milli: int) -> None:
+    (root / "sys" / "thermal" / f"thermal_zone{zone}" / "temp").write_text(f"{milli}\n")

@@ -158,7 +158,7 @@ class LocalDevice(Device):
         cores = _pin_cores(threads) if self.pin else None
         fp = {
             "device": self.name,
-            "device_model": platform.node() and "local CPU",
+            "device_model": "local CPU",
             "runtime": _runtime_version(backend),
             "affinity": ("cores " + ",".join(map(str, sorted(cores)))) if cores else "not pinned",
             "denormals": DENORMALS.get(backend, "runtime default"),
