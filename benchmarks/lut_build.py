@@ -32,6 +32,8 @@ def fbprof() -> list[str]:
 def build(args: argparse.Namespace, out: Path, cache: Path, *extra: str) -> dict:
     cmd = [*fbprof(), "measure", "--device", "local", "--backend", args.backend, "--space", args.space,
            "--out", str(out), "--cache-dir", str(cache), "--workers", str(args.workers), "-q", *extra]
+    if args.backend == "onnxruntime":
+        cmd += ["--onnx-exporter", args.onnx_exporter]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -48,6 +50,7 @@ def main() -> None:
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--space", default="fbnet")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--onnx-exporter", default="dynamo", help="dynamo (default) or legacy")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fbprof-bench-"))
@@ -59,7 +62,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res = {
-        "backend": args.backend, "space": args.space, "ops": cold["measured"],
+        "backend": args.backend, "onnx_exporter": args.onnx_exporter if args.backend == "onnxruntime" else None, "space": args.space, "ops": cold["measured"],
         "cold_wall_s": round(cold["wall_s"], 2), "cold_export_s": cold["export_s"], "cold_loop_s": cold["loop_s"],
         "cold_ratio_wall_over_loop": round(cold["wall_s"] / cold["loop_s"], 3),
         "warm_cache_wall_s": round(warm["wall_s"], 2), "warm_cache_loop_s": warm["loop_s"],

@@ -12,8 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    """One artifact cache per test session (exports are slow; identical ops are shared)."""
-    return tmp_path_factory.mktemp("artifacts")
+    """One artifact cache for the whole test run, shared by xdist workers (exports are slow; identical ops
+    are shared; the cache's writes are atomic renames, so concurrent workers are safe)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = root / "shared-artifacts"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

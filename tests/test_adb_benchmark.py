@@ -16,7 +16,7 @@ import pytest
 from fbprof.devices.adb_benchmark import benchmark_command, judge_run, parse_benchmark_output, run_stats
 from fbprof.devices.base import Artifact
 from fbprof.devices.profiles import load_profiles
-from fbprof.errors import DeviceError, MeasurementError
+from fbprof.errors import DeviceError, InputError, MeasurementError
 from fbprof.profiler.loop import LoopConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -250,6 +250,14 @@ def test_benchmark_model_old_format_capped_and_noisy(bench, tmp_path):
     assert len([p for p in daemon.events("push") if p.endswith(".tflite")]) == 1
 
 
+def test_a_mask_the_device_cannot_take_is_refused_early(bench):
+    daemon, opts, log, root, cpu = bench
+    with _open(daemon, {**opts, "affinity": "f000000000000000"}) as dev:
+        with pytest.raises(DeviceError, match="taskset f000000000000000 fails on the device"):
+            dev.fingerprint("litert", 1)
+    assert not log.exists()  # benchmark_model never ran
+
+
 def test_benchmark_model_missing_on_the_phone_says_what_to_do(bench):
     daemon, opts, log, root, cpu = bench
     opts = {k: v for k, v in opts.items() if k != "benchmark_binary"}
@@ -257,7 +265,9 @@ def test_benchmark_model_missing_on_the_phone_says_what_to_do(bench):
     with _open(daemon, opts) as dev:
         with pytest.raises(DeviceError, match="no executable benchmark_model at .*nothing here") as ei:
             dev.fingerprint("litert", 1)
-    assert "--benchmark-binary PATH" in str(ei.value)
+        with pytest.raises(InputError, match="cannot run backend 'onnxruntime'.*benchmark_model runner") as bi:
+            dev.check_backend("onnxruntime")
+    assert "--benchmark-binary PATH" in str(ei.value) and "--runner python runs it" in str(bi.value)
 
 
 def test_models_are_pushed_in_batches(bench, tmp_path):

@@ -76,7 +76,7 @@ def test_wrong_key_is_refused_with_the_rsa_prompt_message(keyed, tmp_path):
     daemon, _ = keyed
     other = tmp_path / "other" / "adbkey"
     make_key(other)
-    link = AdbLink(daemon.address, other, transport_timeout_s=1, read_timeout_s=1, auth_timeout_s=1, attempts=2)
+    link = AdbLink(daemon.address, other, transport_timeout_s=2, read_timeout_s=2, auth_timeout_s=2, attempts=2)
     with pytest.raises(DeviceError, match="accept the RSA prompt on the phone") as ei:
         link.connect()
     assert str(other) + ".pub" in str(ei.value)
@@ -86,7 +86,7 @@ def test_wrong_key_is_refused_with_the_rsa_prompt_message(keyed, tmp_path):
 def test_refuse_auth_fault(keyed):
     daemon, key = keyed
     daemon.faults = Faults(refuse_auth=True)
-    link = AdbLink(daemon.address, key, transport_timeout_s=1, read_timeout_s=1, auth_timeout_s=1, attempts=0)
+    link = AdbLink(daemon.address, key, transport_timeout_s=2, read_timeout_s=2, auth_timeout_s=2, attempts=0)
     with pytest.raises(DeviceError, match="accept the RSA prompt on the phone"):
         link.connect()
 

@@ -136,6 +136,7 @@ def test_token_from_environment(server, monkeypatch):
         assert dev.supported_backends == ("onnxruntime",)
         fp = dev.fingerprint("onnxruntime", 1)
         assert fp["device"] == "ios" and fp["runtime"].startswith("ONNX Runtime") and fp["compute_units"] == "all"
+        assert fp["runtime"].endswith(", compute units all")  # an identity field: units never mix in one LUT
 
 
 def test_oversized_upload_is_refused_before_reading(server, artifact):
@@ -516,3 +517,22 @@ def test_bonjour_discovery_finds_the_reference_companion():
         finally:
             stop()
     assert found.get(f"{label}._fbprof._tcp.local.") == srv.address
+
+
+def test_compute_units_the_companion_lacks_are_refused_up_front(server):
+    with CompanionDevice("ios", server.address, TOKEN, CompanionSettings(compute_units="cpuAndGPU")) as dev:
+        with pytest.raises(InputError, match=r"compute units 'cpuAndGPU' are not available for onnxruntime on ios at "
+                                             r"127\.0\.0\.1:\d+ \(available: cpuOnly, all\)"):
+            dev.check_backend("onnxruntime")
+
+
+def test_a_model_lost_by_a_restarted_companion_is_uploaded_again(server, artifact):
+    with CompanionDevice("ios", server.address, TOKEN) as dev:
+        name = model_name(artifact.key)
+        data = pack_model(artifact.path, "onnx", artifact.input)
+        dev._upload(name, data, artifact.key)
+        server.delete(name)  # what a restart does to the companion's models
+        res = dev._run(name, data, artifact.key, dev.run_request(LOOP, False), 30)
+        assert len(res["timings_us"]) >= 5 and "output" not in res
+        assert [m["name"] for m in http(server).get("/v1/models").json()["models"]] == [name]
+    assert http(server).get("/v1/models").json() == {"models": []}  # close() deleted what was left

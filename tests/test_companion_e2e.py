@@ -4,7 +4,9 @@ finished rows, and the next run resumes without losing or duplicating rows."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -29,21 +31,33 @@ LOOP = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, m
 
 
 @pytest.fixture(scope="module")
-def tiny(cache_dir):
-    """The tiny space with its ONNX artifacts exported once (the slow part) into the session cache."""
+def cache(tmp_path_factory) -> Path:
+    """One artifact cache for this module's tests even when pytest-xdist runs them in two workers:
+    the first worker exports (under a file lock), the other waits and finds everything cached."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "companion-artifacts"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(cache):
+    """The tiny space with its ONNX artifacts exported once (the slow part)."""
     sp = load_space("tiny")
     specs = [s for s in sp.all_specs() if not s.is_identity]
-    done = export_ops(specs, "onnx", ArtifactCache(cache_dir), workers=2)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = export_ops(specs, "onnx", ArtifactCache(cache), workers=2)
     assert not [k for k, v in done.items() if isinstance(v, MeasurementError)]
     return sp, sorted(s.key for s in specs)
 
 
-def test_measure_cli_builds_the_lut_through_the_companion(tiny, cache_dir, tmp_path):
+def test_measure_cli_builds_the_lut_through_the_companion(tiny, cache, tmp_path):
     sp, keys = tiny
     out = tmp_path / "iphone.csv"
     with CompanionServer(TOKEN, "127.0.0.1", 0, store_dir=tmp_path / "store").start() as srv:
         args = ["measure", "--device", f"ios:{srv.address}", "--token", TOKEN, "--space", "tiny", "--out", str(out),
-                "--min-runs", "5", "--min-time", "0", "--warmup", "1", "--cache-dir", str(cache_dir), "--quiet"]
+                "--min-runs", "5", "--min-time", "0", "--warmup", "1", "--cache-dir", str(cache), "--quiet"]
         r = CliRunner().invoke(app, args)
         assert r.exit_code == 0, r.output
         assert "ios cannot run coreml; measuring with onnxruntime" in r.output
@@ -100,12 +114,12 @@ def _request(tiny, out: Path, address: str, cache_dir: Path) -> tuple[MeasureReq
                           spaces=["tiny@32/w1"], cache=ArtifactCache(cache_dir)), dev
 
 
-def test_companion_dying_mid_run_keeps_rows_and_resumes(tiny, cache_dir, tmp_path):
+def test_companion_dying_mid_run_keeps_rows_and_resumes(tiny, cache, tmp_path):
     _, keys = tiny
     out = tmp_path / "lut.csv"
     proc, address = _serve(tmp_path)
     try:
-        req, dev = _request(tiny, out, address, cache_dir)
+        req, dev = _request(tiny, out, address, cache)
         with dev, pytest.raises(DeviceError) as e:
             measure_lut(req, _KillAfter(proc, 3))
     finally:
@@ -118,7 +132,7 @@ def test_companion_dying_mid_run_keeps_rows_and_resumes(tiny, cache_dir, tmp_pat
 
     proc, address2 = _serve(tmp_path)  # the app restarted (another port)
     try:
-        req, dev = _request(tiny, out, address2, cache_dir)
+        req, dev = _request(tiny, out, address2, cache)
         with dev:
             summary = measure_lut(req)
     finally:

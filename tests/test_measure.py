@@ -115,6 +115,18 @@ def test_torch_backend(tmp_path):
     assert len(lut) == 5 and all(r.status in ("ok", "unstable") for r in lut.rows.values())
 
 
+def test_legacy_onnx_exporter(tmp_path):
+    sp = tmp_path / "one.yaml"
+    sp.write_text("name: one\nresolution: 16\nnum_classes: 4\nstem: {channels: 8, stride: 2}\n"
+                  "candidates: [k3_e1_g2]\nstages:\n  - {channels: 8, repeats: 1, stride: 1}\nhead: {channels: 16}\n")
+    out = tmp_path / "t.csv"
+    res = run("measure", "--space", str(sp), "--onnx-exporter", "legacy", "--out", str(out), *QUICK)
+    assert res.exit_code == 0, res.output
+    lut = read_lut(out)
+    assert "--onnx-exporter legacy" in lut.header["command"]
+    assert len(lut) == 5 and not any("output differs" in r.note for r in lut.rows.values())
+
+
 def test_output_check():
     ref = np.linspace(-3, 3, 24, dtype=np.float32).reshape(1, 2, 3, 4)
     assert check_output(ref, ref + 1e-6) is None

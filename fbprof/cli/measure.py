@@ -26,6 +26,7 @@ def measure(
     max_time: float = typer.Option(10.0, "--max-time", min=0.01, help="cap in seconds per op (hitting it before --min-runs makes the row invalid)"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="warm-up runs per op"),
     workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
+    onnx_exporter: str = typer.Option("dynamo", "--onnx-exporter", help="ONNX: dynamo (default) or legacy (TorchScript-based, ~10x faster export, deprecated upstream)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
     profile: Optional[str] = typer.Option(None, "--profile", help="device profile for an adb:/ios: address (default: android / ios)"),
     profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
@@ -75,12 +76,21 @@ def measure(
            "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
     if profile:
         cmd += ["--profile", profile]
+    if onnx_exporter != "dynamo":
+        cmd += ["--onnx-exporter", onnx_exporter]
+    if runner:
+        cmd += ["--runner", runner]
+    if benchmark_binary:
+        cmd += ["--benchmark-binary", str(benchmark_binary)]
+    for item in option:
+        cmd += ["--option", item]
     listener = ProgressListener(quiet=quiet)
     with dev:
         req = MeasureRequest(
             specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
             spaces=[f"{sp.name}@{sp.resolution}/w{sp.width:g}"], remeasure=remeasure,
-            cache=ArtifactCache(cache_dir), export_workers=workers, command=shlex.join(cmd),
+            cache=ArtifactCache(cache_dir), export_workers=workers,
+            export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )
         summary = measure_lut(req, listener)
     print_summary(summary)

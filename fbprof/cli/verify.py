@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fbprof.cli.common import command_line, console, err_console
+from fbprof.cli.common import console, err_console
 
 
 class _Progress:
@@ -119,7 +120,23 @@ def verify(
         except ValueError as e:
             raise InputError(f"measuring options: {e}") from None
     prof, address = resolve_device(device, None, load_profiles(profiles))
-    cmd = command_line()
+    # the canonical command that reproduces this report (recorded in summary.json and COMMAND.txt)
+    args = ["fbprof", "verify", "--lut", str(lut), "--device", device]
+    if backend:
+        args += ["--backend", backend]
+    if space:
+        args += ["--space", space] + (["--resolution", str(resolution)] if resolution else []) + (
+            ["--width", f"{width:g}"] if width else [])
+    args += ["--samples", str(samples), "--seed", str(seed), "--rounds", str(rounds), "--noise-repeats", str(noise_repeats),
+             "--calib-fraction", f"{calib_fraction:g}", "--calibrate" if calibrate else "--no-calibrate"]
+    if calibrate:
+        args.append("--store" if store else "--no-store")
+    if min_runs is not None:
+        args += ["--min-runs", str(min_runs)]
+    if min_time is not None:
+        args += ["--min-time", f"{min_time:g}"]
+    args += ["--out", str(out)]
+    cmd = shlex.join(args)
     listener = _Progress(quiet)
     with open_device(prof, address, opts) as dev:
         req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, samples=samples, seed=seed, rounds=rounds,

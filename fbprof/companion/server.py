@@ -326,6 +326,7 @@ class CompanionServer:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"{APP}/{PROTOCOL}"
+    timeout = 120  # seconds a connection may sit idle or half-sent (no client holds a thread forever)
 
     @property
     def companion(self) -> CompanionServer:
@@ -421,8 +422,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, {"error": "internal", "message": f"{type(e).__name__}: {e}"}, close=True)
 
 
-def advertise(server: CompanionServer, name: str | None = None):
-    """Announce ``server`` as ``_fbprof._tcp`` over Bonjour/mDNS (needs zeroconf); returns a closer."""
+def advertise(server: CompanionServer, name: str | None = None, interfaces: list[str] | None = None):
+    """Announce ``server`` as ``_fbprof._tcp`` over Bonjour/mDNS (needs zeroconf); returns a closer.
+
+    ``interfaces``: the addresses to announce on (default: every interface)."""
     import socket
 
     from fbprof.companion.protocol import SERVICE_TYPE
@@ -437,7 +440,7 @@ def advertise(server: CompanionServer, name: str | None = None):
     label = (name or f"fbprof on {platform.node() or 'host'}")[:60]
     info = ServiceInfo(SERVICE_TYPE, f"{label}.{SERVICE_TYPE}", port=server.port,
                        addresses=[socket.inet_aton(addr)], properties={"protocol": str(PROTOCOL)})
-    zc = Zeroconf()
+    zc = Zeroconf(interfaces=interfaces) if interfaces else Zeroconf()
     zc.register_service(info)
 
     def close() -> None:

@@ -28,7 +28,7 @@ __all__ = ["Timeouts", "AdbLink", "default_key_path", "ensure_key", "parse_addre
 T = TypeVar("T")
 #: appended to every shell command: shell v1 carries no exit status, so the command prints it
 RC_MARK = "__FBPROF_RC="
-_RC_RE = re.compile(r"(?:^|\n)" + RC_MARK + r"(\d+)\s*$")
+_RC_RE = re.compile(r"\n" + RC_MARK + r"(\d+)\s*$")
 
 
 class AuthRefused(DeviceError):
@@ -126,9 +126,14 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
             ex.AdbConnectionError)
 
 
-def _is_busy(e: BaseException) -> bool:
+def _usb_problem(e: BaseException) -> str | None:
+    """libusb's busy / access errors, by name (libusb1 need not be installed to run the tests)."""
     text = f"{type(e).__name__} {e}".lower()
-    return "busy" in text or "access denied" in text and "usb" in text
+    if "busy" in text:
+        return "busy"
+    if "erroraccess" in text or "access denied" in text or "insufficient permissions" in text:
+        return "access"
+    return None
 
 
 class AdbLink:
@@ -222,9 +227,14 @@ class AdbLink:
                     "accept the RSA prompt on the phone ('Allow USB debugging?'), then run the command again",
                     hint="tick 'Always allow from this computer' so the prompt does not come back",
                 ) from None
-            if self.kind == "usb" and _is_busy(e):
+            problem = _usb_problem(e) if self.kind == "usb" else None
+            if problem == "busy":
                 raise DeviceError("an adb server holds the device: `adb kill-server` or use TCP "
                                   "(`adb tcpip 5555`, then --device adb:PHONE_IP:5555)") from None
+            if problem == "access":
+                raise DeviceError(f"no permission to open the phone's USB device ({type(e).__name__}: {e})",
+                                  hint="add a udev rule for Android devices (e.g. Debian's android-sdk-platform-tools-"
+                                       "common) or reach the phone over TCP") from None
             if isinstance(e, _transport_errors()):
                 raise _Transient(f"could not connect to {self.description}: {type(e).__name__}: {e}") from None
             raise DeviceError(f"could not connect to {self.description}: {type(e).__name__}: {e}") from None
@@ -291,7 +301,8 @@ class AdbLink:
     def shell(self, command: str, what: str, timeouts: Timeouts | None = None) -> tuple[str, int]:
         """Run ``command`` with /bin/sh on the device; returns (output, exit status)."""
         t = timeouts or self.quick
-        full = f"{command}; echo {RC_MARK}$?"
+        # a subshell, so that `exit` in the command still reports; the newline before the mark is ours
+        full = f"({command}\n); printf '\\n{RC_MARK}%s\\n' \"$?\""
         out = self.call(what, lambda d: d.shell(full, transport_timeout_s=t.transport, read_timeout_s=t.read,
                                                 timeout_s=t.total, decode=True))
         m = _RC_RE.search(out)

@@ -119,6 +119,10 @@ class Device(abc.ABC):
     ) -> DeviceResult:
         """Measure one artifact with the shared loop (or the device's native runner)."""
 
+    def prepare(self, artifacts: list[Artifact]) -> None:
+        """Called once, before the rows, with the artifacts about to be measured (in order), e.g. to
+        push them to a phone in batches."""
+
     def before_row(self, key: str) -> dict[str, str]:
         """Called before each row (thermal gate, reconnect...). Returns facts to record."""
         return {}

@@ -247,7 +247,8 @@ class CompanionDevice(Device):
             raise
         self.limits = Limits.from_dict(self.info.get("limits") or {})
         self.runtimes = {str(r.get("format")): r for r in self.info["runtimes"]}
-        self.supported_backends = tuple(b.name for b in BACKENDS.values() if b.format in self.runtimes)
+        # in the companion's order of preference (its first runtime first)
+        self.supported_backends = tuple(b.name for fmt in self.runtimes for b in BACKENDS.values() if b.format == fmt)
 
     # -- Device ----------------------------------------------------------------------------------
     def fingerprint(self, backend: str, threads: int) -> dict[str, str]:
@@ -257,13 +258,22 @@ class CompanionDevice(Device):
             "device": self.name,
             "device_model": model,
             "cpu_model": model,
-            "runtime": str(rt.get("runtime", "unknown")),
+            # compute units are part of the runtime: rows measured with other units cannot share a LUT
+            "runtime": f"{rt.get('runtime', 'unknown')}, compute units {self.settings.compute_units}",
             "os": f"{self.info.get('system', '?')} {self.info.get('system_version', '?')}",
             "compute_units": self.settings.compute_units,
             "affinity": "chosen by the companion's runtime",
             "denormals": "companion runtime default",
             "companion": f"{self.info.get('app', '?')} {self.info.get('app_version', '?')} (protocol {PROTOCOL})",
         }
+
+    def check_backend(self, backend: str) -> None:
+        super().check_backend(backend)
+        units = self.runtimes[backend_info(backend).format].get("compute_units") or []
+        if self.settings.compute_units not in units:
+            raise InputError(f"compute units {self.settings.compute_units!r} are not available for {backend} on "
+                             f"{self.name} at {self.address} (available: {', '.join(map(str, units)) or 'none'})",
+                             hint="pick others with --option compute_units=...")
 
     def before_row(self, key: str) -> dict[str, str]:
         """Thermal gate: wait (polling) while the phone is hotter than ``thermal_max``."""
@@ -400,8 +410,10 @@ class CompanionDevice(Device):
 
 
 # --------------------------------------------------------------------------------------------------
-def discover(timeout_s: float = 3.0) -> list[tuple[str, str]]:
-    """Companions announcing ``_fbprof._tcp`` on the local network: [(service name, "host:port")]."""
+def discover(timeout_s: float = 3.0, interfaces: list[str] | None = None) -> list[tuple[str, str]]:
+    """Companions announcing ``_fbprof._tcp`` on the local network: [(service name, "host:port")].
+
+    ``interfaces``: addresses to listen on (default: every interface)."""
     try:
         from zeroconf import ServiceBrowser, ServiceListener, Zeroconf
     except ImportError:
@@ -424,7 +436,7 @@ def discover(timeout_s: float = 3.0) -> list[tuple[str, str]]:
         def remove_service(self, zc: Zeroconf, type_: str, name: str) -> None:
             found.pop(name, None)
 
-    zc = Zeroconf()
+    zc = Zeroconf(interfaces=interfaces) if interfaces else Zeroconf()
     try:
         ServiceBrowser(zc, SERVICE_TYPE, _Listener())
         time.sleep(timeout_s)  # a browse window: answers arrive as they come

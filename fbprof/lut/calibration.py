@@ -12,8 +12,9 @@ and ``tail`` (head conv, pool, FC). Models (see :data:`MODELS`):
 
 * ``scale``: one group ``all``, no intercept;
 * ``linear``: one group ``all`` plus an intercept;
-* ``stages``: an intercept and three groups that split the network by position (``early``,
-  ``middle``, ``late``; the tail belongs to ``late``).
+* ``stages``: an intercept and three groups that split the network by stage position (``early``,
+  ``middle``, ``late``; the tail belongs to ``late``);
+* ``resolution``: the same with groups cut by the ops' input resolution (see :func:`group_of`).
 
 A LUT carries its calibration as one header line, ``# calibration: {json}`` (docs/lut-format.md,
 section Calibration), tied to the exact rows it was fitted on by a digest: if the rows change,
@@ -44,6 +45,7 @@ __all__ = [
     "rows_digest",
     "arch_parts",
     "group_of",
+    "group_sums",
     "fit",
     "select_and_fit",
     "store_calibration",
@@ -56,6 +58,7 @@ MODELS: dict[str, tuple[bool, str]] = {
     "scale": (False, "all"),
     "linear": (True, "all"),
     "stages": (True, "thirds"),
+    "resolution": (True, "resolution"),
 }
 
 
@@ -87,8 +90,14 @@ def arch_parts(arch: Arch) -> list[tuple[str, str, Any]]:
     return out
 
 
-def group_of(part: str, grouping: str, num_stages: int) -> str:
-    """The group a part belongs to under a grouping (``all`` or ``thirds``)."""
+def group_of(part: str, spec: Any, grouping: str, space: Any) -> str:
+    """The group of one op (its part is stem, s1..sN or tail) under a grouping.
+
+    ``all``: every op. ``thirds``: by stage position (early: the stem and the first ceil(N/3) stages;
+    late: the last ceil(N/3) stages and the tail; middle: the rest). ``resolution``: by the op's input
+    size relative to the final feature map F (early: input >= 8F, late: input <= F, which includes the
+    tail; middle: the rest).
+    """
     if grouping == "all":
         return "all"
     if grouping == "thirds":
@@ -96,13 +105,20 @@ def group_of(part: str, grouping: str, num_stages: int) -> str:
             return "early"
         if part == "tail":
             return "late"
+        n = max((layer.stage for layer in space.layers), default=1)
         stage = int(part[1:])
-        third = max(1, math.ceil(num_stages / 3))
-        # early: first third of the stages; late: last third; the rest: middle
+        third = max(1, math.ceil(n / 3))
         if stage <= third:
             return "early"
-        if stage > num_stages - third:
+        if stage > n - third:
             return "late"
+        return "middle"
+    if grouping == "resolution":
+        final = space.final_hw[0]
+        if part == "tail" or spec.h <= final:
+            return "late"
+        if spec.h >= 8 * final:
+            return "early"
         return "middle"
     raise ValueError(f"unknown grouping {grouping!r}")
 
@@ -113,10 +129,9 @@ def group_names(grouping: str) -> list[str]:
 
 def group_sums(arch: Arch, lut: Lut, grouping: str) -> dict[str, float]:
     """LUT latency (us) of the arch's ops summed per group (identity skips cost 0)."""
-    n = max((layer.stage for layer in arch.space.layers), default=0)
     sums = {g: 0.0 for g in group_names(grouping)}
     for part, _, spec in arch_parts(arch):
-        sums[group_of(part, grouping, n)] += lut.latency_us(spec)
+        sums[group_of(part, spec, grouping, arch.space)] += lut.latency_us(spec)
     return sums
 
 
@@ -259,32 +274,37 @@ def _loo_rmspe(sums: Sequence[dict[str, float]], measured: Sequence[float], mode
     return 100.0 * math.sqrt(sum(e * e for e in errs) / len(errs))
 
 
+def _nparams(model: str) -> int:
+    return int(MODELS[model][0]) + len(group_names(MODELS[model][1]))
+
+
 def select_and_fit(
     archs: Sequence[Arch],
     measured: Sequence[float],
     lut: Lut,
-    models: Sequence[str] = ("scale", "linear", "stages"),
+    models: Sequence[str] = ("scale", "linear", "stages", "resolution"),
     tolerance: float = 0.05,
 ) -> tuple[LinearCalibration, FitReport]:
     """Fit each model, compare their leave-one-out RMSPE on these archs, keep the simplest good one.
 
-    Rule: the model with the lowest leave-one-out RMSPE, unless a simpler one (earlier in
-    ``models``) is within ``tolerance`` (relative) of it. A model needs at least 3 archs per parameter.
+    Rule: the model with the lowest leave-one-out RMSPE, unless a model with fewer parameters is within
+    ``tolerance`` (relative) of it (then the one with fewest parameters among those). A model needs at
+    least 3 archs per parameter.
     """
     scores: dict[str, float] = {}
     for m in models:
-        nparams = len(_design([{g: 0.0 for g in group_names(MODELS[m][1])}], m)[0])
-        if len(archs) < 3 * nparams:
+        if len(archs) < 3 * _nparams(m):
             continue
         sums = [group_sums(a, lut, MODELS[m][1]) for a in archs]
         scores[m] = _loo_rmspe(sums, measured, m)
     if not scores:
         raise ValueError(f"need at least 3 calibration archs to fit a calibration, got {len(archs)}")
-    best = min(scores.values())
-    chosen = next(m for m in models if m in scores and scores[m] <= best * (1 + tolerance))
+    best = min(scores, key=lambda m: (scores[m], _nparams(m)))
+    simpler = [m for m in scores if _nparams(m) < _nparams(best) and scores[m] <= scores[best] * (1 + tolerance)]
+    chosen = min(simpler, key=lambda m: (_nparams(m), scores[m])) if simpler else best
     cal = fit([group_sums(a, lut, MODELS[chosen][1]) for a in archs], measured, chosen)
     cal.lut = lut
-    rule = f"lowest leave-one-out RMSPE; a simpler model within {tolerance:.0%} of the best wins"
+    rule = f"lowest leave-one-out RMSPE; a model with fewer parameters within {tolerance:.0%} of the best wins"
     return cal, FitReport(chosen, scores, len(archs), rule)
 
 

@@ -101,12 +101,22 @@ def quiet() -> Iterable[None]:
 
 
 def export_onnx(module, example, path: Path, options: dict) -> str:
+    """torch.onnx.export: the dynamo exporter by default; ``options["onnx_exporter"] = "legacy"`` uses the
+    TorchScript-based exporter, which is about 10x faster per op here but deprecated upstream."""
     import torch
 
+    which = options.get("onnx_exporter", "dynamo")
+    if which not in ("dynamo", "legacy"):
+        raise InputError(f"onnx_exporter {which!r}: expected dynamo or legacy")
+    opset = int(options.get("opset", 18))
     with quiet(), torch.no_grad():
-        prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=int(options.get("opset", 18)),
-                                 input_names=["input"], output_names=["output"], verbose=False)
-        prog.save(str(path))
+        if which == "legacy":
+            torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["input"], output_names=["output"])
+        else:
+            prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                     input_names=["input"], output_names=["output"], verbose=False)
+            prog.save(str(path))
     return "nchw"
 
 
@@ -187,9 +197,11 @@ def export_module(module, example, key: str, fmt: str, folder: Path, options: di
         art = Artifact(key, fmt, model_path, _to_layout(example.numpy(), layout), _to_layout(expected, layout), layout,
                        {"options": options})
         art.save_arrays(tmp)
-        if folder.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same artifact first: keep theirs
+            if not (folder / "meta.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Artifact.load(folder)

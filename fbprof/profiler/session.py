@@ -147,6 +147,7 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
     req.device.check_backend(req.backend)
     header = build_header(req)
     out = Path(req.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows: dict[str, LutRow] = {}
     notes: list[str] = []
     if out.exists():
@@ -186,6 +187,7 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
         artifacts = export_ops(todo, backend_info(req.backend).format, req.cache, req.export_options,
                                workers=req.export_workers, on_done=lis.on_export_done)
         export_s = time.perf_counter() - t0
+        req.device.prepare([artifacts[s.key] for s in todo if isinstance(artifacts[s.key], Artifact)])
         for i, spec in enumerate(todo):
             art = artifacts[spec.key]
             if isinstance(art, MeasurementError):

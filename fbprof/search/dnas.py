@@ -58,12 +58,12 @@ class SearchConfig:
     head_channels: int | None = None  # default: the space's first head width
     data: str = "digits"
     resolution: int = 32  # proxy training resolution
-    min_feature: int = 4  # stride adaptation: smallest final feature map of the proxy network
+    min_feature: int = 2  # stride adaptation: smallest final feature map of the proxy network
     test_fraction: float = 0.2
     epochs: int = 8
     warmup_epochs: int = 2
     batch_size: int = 32
-    w_lr: float = 0.1
+    w_lr: float = 0.05
     w_momentum: float = 0.9
     w_weight_decay: float = 1e-4
     theta_lr: float = 0.05
@@ -284,7 +284,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     from fbprof.search.loss import fbnet_loss, relaxed_latency, target_loss
     from fbprof.search.supernet import (Supernet, expected_latency, latency_table, log_prob, proxy_space,
                                         sample_gumbel)
-    from fbprof.search.train import accuracy, batches
+    from fbprof.search.train import accuracy, batches, lr_at
 
     cfg.validate()
     dist = _Dist(cfg)
@@ -369,9 +369,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         tau = cfg.tau(epoch)
-        lr = cfg.w_lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-        for gr in opt_w.param_groups:
-            gr["lr"] = lr
+        lr = cfg.w_lr
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         wb = phase_batches(w_idx, epoch, 1)
         tb = phase_batches(t_idx, epoch, 2) if epoch >= cfg.warmup_epochs else []
@@ -381,6 +379,9 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         net.train()
         w_ce, w_lat = [], []
         for si, b in enumerate(wb):
+            lr = lr_at(cfg.w_lr, epoch * len(wb) + si, cfg.epochs * len(wb), len(wb))
+            for gr in opt_w.param_groups:
+                gr["lr"] = lr
             x, y = data.x_train[b].to(device), data.y_train[b].to(device)
             with torch.no_grad():
                 m, index = sample_gumbel(theta, mask_d, tau, hard, gen)

@@ -12,10 +12,11 @@ Two resolutions are in play:
 **Stride adaptation rule.** Strides are listed in network order: the stem's, then the first
 layer's of every stage. With the proxy resolution R, the final feature map is R reduced by every
 stride (``ceil(size / stride)`` per strided conv). While it is smaller than ``min_feature``
-(4 by default), the *latest* remaining stride > 1 is set to 1 (the stem's last of all). Latest first
+(2 by default), the *latest* remaining stride > 1 is set to 1 (the stem's last of all). Latest first
 keeps the early, high-resolution layers as cheap as in the real network and spends the spatial
 extent where channels are many. At R = 32 the FBNet space (strides 2, 2, 2, 2, 2 for stem and
-stages 2, 3, 4, 6) drops the strides of stages 6 and 4 and ends at 4x4; at R >= 128 nothing changes,
+stages 2, 3, 4, 6) drops the stride of stage 6 and ends at 2x2 (with ``min_feature`` 4 it also drops
+stage 4's and ends at 4x4, about 3x the training cost); at R >= 64 nothing changes,
 and at R equal to the LUT's the proxy network has exactly the LUT's shapes. The adapted strides only
 shape the proxy network; latencies always come from the LUT space.
 """
@@ -31,7 +32,7 @@ from torch import nn
 
 from fbprof.errors import InputError
 from fbprof.lut.table import Lut
-from fbprof.profiler.ops import ChannelShuffle, build_op
+from fbprof.profiler.ops import ChannelShuffle, InvertedResidual, build_op
 from fbprof.space import Space, decode_space
 
 __all__ = [
@@ -50,7 +51,7 @@ def _out(size: int, stride: int) -> int:
     return -(-size // stride)
 
 
-def adapt_strides(data: dict, resolution: int, min_feature: int = 4) -> tuple[dict, list[str]]:
+def adapt_strides(data: dict, resolution: int, min_feature: int = 2) -> tuple[dict, list[str]]:
     """A copy of the space data whose strides leave a final feature map of at least ``min_feature``."""
     d = json.loads(json.dumps(data))  # plain dicts/lists, a deep copy
     stem = d.setdefault("stem", {})
@@ -77,7 +78,7 @@ def adapt_strides(data: dict, resolution: int, min_feature: int = 4) -> tuple[di
     return d, dropped
 
 
-def proxy_space(lut_space: Space, resolution: int, num_classes: int, min_feature: int = 4) -> ProxyPlan:
+def proxy_space(lut_space: Space, resolution: int, num_classes: int, min_feature: int = 2) -> ProxyPlan:
     """The LUT space re-resolved at the proxy ``resolution`` with ``num_classes`` outputs."""
     if resolution < 8:
         raise InputError(f"proxy resolution {resolution} is too small (at least 8)")
@@ -107,13 +108,23 @@ class BatchChannelShuffle(nn.Module):
 
 
 def trainable(module: nn.Module) -> nn.Module:
-    """Make a ``build_op`` module batch-agnostic (swap static-shape channel shuffles) and put it in train mode."""
+    """Prepare a ``build_op`` module for training: swap static-shape channel shuffles for batch-agnostic ones,
+    zero the scale of the last BatchNorm of every residual block (each starts as an identity, as in Goyal et
+    al. 2017: 22 layers trained from scratch for a few epochs diverge without it) and set train mode."""
+    _swap_shuffles(module)
+    for m in module.modules():
+        if isinstance(m, InvertedResidual) and m.residual:
+            last_bn = [x for x in m.body if isinstance(x, nn.BatchNorm2d)][-1]
+            nn.init.zeros_(last_bn.weight)
+    return module.train()
+
+
+def _swap_shuffles(module: nn.Module) -> None:
     for name, child in list(module.named_children()):
         if isinstance(child, ChannelShuffle):
             setattr(module, name, BatchChannelShuffle(child.groups))
         else:
-            trainable(child)
-    return module.train()
+            _swap_shuffles(child)
 
 
 def latency_table(lut_space: Space, lut: Lut, head_channels: int) -> tuple[torch.Tensor, torch.Tensor, float, list[list[str]]]:

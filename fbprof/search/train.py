@@ -13,7 +13,7 @@ from fbprof.search.data import Dataset
 from fbprof.search.supernet import build_child
 from fbprof.space import Space
 
-__all__ = ["TrainResult", "train_child", "accuracy", "batches"]
+__all__ = ["TrainResult", "train_child", "accuracy", "batches", "lr_at"]
 
 
 @dataclass
@@ -46,10 +46,17 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "
     return correct / len(y)
 
 
+def lr_at(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine annealing to 0 at ``total``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return base * warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+
+
 def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels: int, data: Dataset, epochs: int,
-                batch_size: int = 32, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4,
+                batch_size: int = 32, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4,
                 seed: int = 0, device: str = "cpu") -> TrainResult:
-    """SGD with momentum and a cosine learning rate for ``epochs`` on the training part; accuracy on the held-out part."""
+    """SGD with momentum (nesterov), one epoch of linear warm-up then a cosine learning rate, for ``epochs`` on the
+    training part; accuracy on the held-out part."""
     torch.manual_seed(seed)
     net = build_child(proxy, blocks, head_channels).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
@@ -58,11 +65,12 @@ def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels
     t0 = time.perf_counter()
     last = float("nan")
     steps = 0
-    total = epochs * len(batches(len(data.y_train), batch_size, torch.Generator().manual_seed(0)))
+    per_epoch = len(batches(len(data.y_train), batch_size, torch.Generator().manual_seed(0)))
+    total = epochs * per_epoch
     for _ in range(epochs):
         for b in batches(len(data.y_train), batch_size, gen):
             for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * steps / max(1, total)))
+                g["lr"] = lr_at(lr, steps, total, per_epoch)
             x, y = data.x_train[b].to(device), data.y_train[b].to(device)
             loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
