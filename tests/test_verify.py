@@ -98,7 +98,9 @@ def test_verify_writes_the_summary_and_plot(verified):
     assert "linear_fit_held_out" in s["macs"]
     nf = s["noise_floor"]
     assert nf["replicas"] == 2 and nf["single_measurements"] == 4 and nf["spread_pct"] >= 0
-    assert 0 < nf["perfect_predictor_within_5_pct"] <= 1
+    assert 0 < nf["perfect_predictor_within_5_pct"] <= nf["perfect_predictor_within_10_pct"] <= 1
+    assert len(nf["replica_rounds_us"]) == 2 and all(len(x) == 2 for x in nf["replica_rounds_us"])
+    assert -1 <= nf["perfect_predictor_kendall_tau_held_out"] <= 1
     assert set(s["goals_met"]) == {"within_10_pct", "within_5_pct", "kendall_tau", "judged_on"}
     assert (verified["out"] / REPORT_FILES["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (verified["out"] / "COMMAND.txt").read_text().startswith("fbprof verify --lut")

@@ -139,12 +139,13 @@ def print_result(result) -> None:
     from rich.table import Table
 
     dev = result.proxy.get("device_name", "?")
-    t = Table("arch", "P (log)", "predicted ms", "MACs", "params", "file",
+    t = Table("arch", "log P", "predicted ms", "MACs", "params", "file",
               title=f"searched on {result.lut_space}, latency predicted from the LUT of {dev} / {result.proxy.get('backend', '?')}")
     for a in result.archs:
         t.add_row(a.label, f"{a.log_prob:.2f}", f"{a.predicted_us / 1000:.3f}", f"{a.macs / 1e6:.1f}M",
-                  f"{a.params / 1e6:.2f}M", a.path)
+                  f"{a.params / 1e6:.2f}M", Path(a.path).name)
     console.print(t)
+    console.print(f"architecture files in {result.out}/")
     best = result.best
     console.print("most likely: " + " ".join(best.blocks))
     if result.target_us is not None:

@@ -164,7 +164,9 @@ def verify(
     nf = s.get("noise_floor") or {}
     if nf.get("spread_pct") is not None:
         console.print(f"noise floor ({nf['arch']}, {nf['replicas']} replicas): spread {nf['spread_pct']:.2f}%, "
-                      f"CV {nf['cv_pct']:.2f}% (a perfect predictor would get {100 * nf['perfect_predictor_within_5_pct']:.1f}% within ±5%)")
+                      f"CV {nf['cv_pct']:.2f}%: a perfect predictor would get {100 * nf['perfect_predictor_within_5_pct']:.1f}% "
+                      f"within ±5%, {100 * nf['perfect_predictor_within_10_pct']:.1f}% within ±10%"
+                      + (f", τ {nf['perfect_predictor_kendall_tau_held_out']:.3f}" if "perfect_predictor_kendall_tau_held_out" in nf else ""))
     g = s["goals_met"]
     console.print(f"goals ({g['judged_on']}): ±10% {g['within_10_pct']}, ±5% {g['within_5_pct']}, τ {g['kendall_tau']}")
     for n, why in sorted(result.failed.items()):

@@ -167,8 +167,10 @@ class LinearCalibration:
         return json.dumps(d, sort_keys=False, separators=(", ", ": "))
 
     def describe(self) -> str:
-        terms = " + ".join(f"{v:.4f}*{g}" for g, v in self.scales.items())
-        return f"{self.model}: {self.intercept_us:.1f} us + {terms}"
+        terms = " + ".join(f"{v:.4f} x {'raw' if g == 'all' else g}" for g, v in self.scales.items())
+        if MODELS[self.model][0]:
+            return f"{self.model}: {self.intercept_us:.1f} us + {terms}"
+        return f"{self.model}: {terms}"
 
 
 def parse_calibration(value: str, where: str) -> LinearCalibration:

@@ -9,9 +9,11 @@ artifact is reused only when it would be rebuilt identically.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import io
+from importlib import metadata
 import json
 import logging
 import os
@@ -35,6 +37,23 @@ __all__ = ["Exporter", "EXPORTERS", "exporter", "ArtifactCache", "export_module"
 BUILDER_VERSION = "1"
 
 
+@functools.lru_cache(maxsize=None)
+def _dist_version(top_module: str) -> str:
+    """Installed version of the distribution that provides ``top_module`` (memoised per process)."""
+    for dist in (top_module, top_module.replace("_", "-")):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    dists = metadata.packages_distributions().get(top_module)
+    if dists:
+        try:
+            return metadata.version(dists[0])
+        except metadata.PackageNotFoundError:
+            pass
+    return "missing"
+
+
 @dataclass(frozen=True)
 class Exporter:
     format: str
@@ -45,11 +64,9 @@ class Exporter:
     description: str
 
     def version(self) -> str:
-        try:
-            mod = importlib.import_module(self.module)
-        except ImportError:
-            return "missing"
-        return str(getattr(mod, "__version__", "unknown"))
+        """The converter's installed version, read from package metadata (importing converters is slow and
+        noisy). ``missing`` when it is not installed."""
+        return _dist_version(self.module.split(".")[0])
 
     def load(self) -> Callable:
         try:
