@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fbprof.profiler.session import Listener, MeasureSummary
 
-__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary"]
+__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary", "parse_options"]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -21,6 +21,19 @@ def command_line() -> str:
     """The command as typed (recorded in LUT headers), without the path of the executable."""
     args = sys.argv[1:]
     return "fbprof " + " ".join(shlex.quote(a) for a in args)
+
+
+def parse_options(items: list[str], flag: str = "--option") -> dict[str, str]:
+    """``KEY=VALUE`` strings (a repeatable CLI option) as a dict; a malformed one is an InputError."""
+    from fbprof.errors import InputError
+
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InputError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[k] = v
+    return out
 
 
 class ProgressListener(Listener):

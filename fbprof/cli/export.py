@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fbprof.cli.common import console, err_console
+from fbprof.cli.common import console, err_console, parse_options
 
 
 def export(
@@ -20,16 +20,10 @@ def export(
     check: bool = typer.Option(True, "--check/--no-check", help="run the file once with the local runtime and compare with torch"),
 ) -> None:
     """Export a whole architecture; the file is checked against torch with the format's local runtime."""
-    from fbprof.errors import InputError
     from fbprof.profiler.export_arch import export_arch, resolve_format
     from fbprof.space import load_arch
 
-    opts: dict = {}
-    for item in option:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InputError(f"--option {item!r}: expected KEY=VALUE")
-        opts[k] = v
+    opts: dict = parse_options(option)
     resolve_format(fmt)  # an unknown format fails before the architecture is built
     a = load_arch(arch, resolution, width)
     err_console.print(f"exporting {a.name} ({a.space.resolution}px, width {a.space.width:g}, {a.macs() / 1e6:.1f}M MACs) to {fmt}...")

@@ -9,7 +9,7 @@ import typer
 
 import shlex
 
-from fbprof.cli.common import ProgressListener, err_console, print_summary
+from fbprof.cli.common import ProgressListener, err_console, parse_options, print_summary
 
 
 def measure(
@@ -53,12 +53,7 @@ def measure(
                           max_runs=max(10_000, min_runs))
     except ValueError as e:
         raise InputError(f"measuring options: {e}") from None
-    opts: dict = {}
-    for item in option:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InputError(f"--option {item!r}: expected KEY=VALUE")
-        opts[k] = v
+    opts: dict = parse_options(option)
     for k, v in (("benchmark_binary", benchmark_binary), ("runner", runner), ("token", token)):
         if v is not None:
             opts[k] = str(v)

@@ -30,11 +30,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fbprof.devices.adb_benchmark import benchmark_command, judge_run, parse_benchmark_output, run_stats
+from fbprof.devices.adb_benchmark import benchmark_command, parse_benchmark_output, run_stats
 from fbprof.devices.adb_link import AdbLink, Timeouts, default_key_path, ensure_key
 from fbprof.devices.base import Artifact, Device, DeviceResult
 from fbprof.errors import DeviceError, InputError, MeasurementError
-from fbprof.profiler.loop import INVALID, UNSTABLE, LoopConfig, Measurement, Stats
+from fbprof.profiler.loop import Attempt, LoopConfig, Measurement, Stats, measure_attempts
 
 __all__ = ["AdbSettings", "AdbDevice", "SETTINGS", "RUNNERS", "from_profile", "parse_settings"]
 
@@ -480,39 +480,22 @@ class AdbDevice(Device):
                            on_retry) -> DeviceResult:
         assert self._binary is not None
         cmd = benchmark_command(self._binary, pushed.model, cfg, threads, self.s.affinity, self.s.benchmark_args)
-        best = None
-        loop_s = 0.0
-        attempts = 0
-        while True:
+
+        def attempt() -> Attempt:
             t0 = self.clock()
             out, rc = self.link.shell(cmd, f"measuring {art.key}",
                                       self._run_timeouts(cfg.warmup_min_s + cfg.max_time_s))
-            loop_s += self.clock() - t0
-            attempts += 1
+            elapsed = self.clock() - t0
             if rc in (126, 127):
                 raise DeviceError(f"the device could not run benchmark_model (exit {rc}): {out.strip()[-300:]}")
             try:
                 run = parse_benchmark_output(out)
             except MeasurementError as e:
                 raise MeasurementError(f"{art.key}: {e.message} (exit {rc})") from None
-            status = judge_run(run, cfg)
-            cv = run.std / run.avg if run.avg > 0 else 0.0
-            if best is None or (status != INVALID and (best[1] == INVALID or cv < best[2])):
-                best = (run, status, cv)
-            if best[1] != UNSTABLE or attempts > cfg.retries:
-                break
-            if on_retry is not None:
-                on_retry(attempts, cv)
-            self.sleep(cfg.retry_pause_s)
-        run, status, cv = best
-        stats, notes = run_stats(run)
-        if status == INVALID:
-            notes.insert(0, f"hit the cap after {run.count} of {cfg.min_runs} runs")
-        elif status == UNSTABLE:
-            notes.insert(0, f"cv {cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
-        elif attempts > 1:
-            notes.insert(0, f"re-measured after a noisy attempt ({attempts} attempts)")
-        return DeviceResult(Measurement(stats, status, attempts, loop_s, notes), None)
+            stats, notes = run_stats(run)
+            return Attempt(stats, run.count < cfg.min_runs, elapsed, notes, unit="runs")
+
+        return DeviceResult(measure_attempts(attempt, cfg, self.sleep, on_retry), None)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:

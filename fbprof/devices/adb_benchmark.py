@@ -23,7 +23,7 @@ import shlex
 from dataclasses import dataclass
 
 from fbprof.errors import MeasurementError
-from fbprof.profiler.loop import INVALID, OK, UNSTABLE, LoopConfig, Stats
+from fbprof.profiler.loop import LoopConfig, Stats, judge
 
 __all__ = ["BenchmarkRun", "parse_benchmark_output", "benchmark_command", "run_stats", "judge_run"]
 
@@ -117,12 +117,8 @@ def run_stats(run: BenchmarkRun) -> tuple[Stats, list[str]]:
 
 
 def judge_run(run: BenchmarkRun, cfg: LoopConfig) -> str:
-    """Same verdicts as the shared loop: too few runs before the time cap is invalid, noisy is unstable."""
-    if run.count < cfg.min_runs:
-        return INVALID
-    if run.avg > 0 and run.std / run.avg >= cfg.cv_threshold:
-        return UNSTABLE
-    return OK
+    """The shared loop's verdict: too few runs before the time cap is invalid, noisy is unstable."""
+    return judge(run_stats(run)[0], run.count < cfg.min_runs, cfg)
 
 
 def benchmark_command(binary: str, model: str, cfg: LoopConfig, threads: int, affinity: str | None,

@@ -21,13 +21,12 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import httpx
-import numpy as np
 
 from fbprof.companion.protocol import (API, COMPUTE_UNITS, DEFAULT_PORT, PROTOCOL, SERVICE_TYPE,
                                        THERMAL_STATES, Limits, decode_array, model_name, pack_model)
 from fbprof.devices.base import BACKENDS, Artifact, Device, DeviceResult, backend_info
 from fbprof.errors import DeviceError, InputError, MeasurementError, MissingExtraError
-from fbprof.profiler.loop import INVALID, UNSTABLE, LoopConfig, Measurement, Stats, judge
+from fbprof.profiler.loop import Attempt, LoopConfig, Stats, measure_attempts
 
 __all__ = ["CompanionSettings", "CompanionClient", "CompanionDevice", "CompanionError", "from_profile", "discover",
            "parse_address", "TOKEN_ENV"]
@@ -355,44 +354,27 @@ class CompanionDevice(Device):
 
     def _measure_uploaded(self, name: str, data: bytes, key: str, cfg: LoopConfig,
                           on_retry: Callable[[int, float], None] | None) -> DeviceResult:
-        """The shared loop's rules over the companion's runs: judge, re-measure noisy rows, keep the best."""
-        attempts = 0
-        loop_s = 0.0
-        best: tuple[Stats, str] | None = None
-        notes: list[str] = []
-        output: np.ndarray | None = None
-        thermal_after = "unknown"
-        while True:
-            body = self.run_request(cfg, want_output=self.settings.check_output and attempts == 0)
+        """The shared loop's rules over the companion's runs (fbprof.profiler.loop.measure_attempts)."""
+        state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0}
+
+        def attempt() -> Attempt:
+            body = self.run_request(cfg, want_output=self.settings.check_output and state["attempts"] == 0)
             timeout = self.settings.run_timeout_s or (
                 self.settings.timeout_s + 60.0 + body["warmup_min_s"] + 2 * body["max_time_s"])
             res = self._run(name, data, key, body, timeout)
-            attempts += 1
+            state["attempts"] += 1
             samples, repeats, capped, elapsed = _run_timings(res, key)
-            loop_s += elapsed
-            thermal_after = str(res.get("thermal_state", "unknown"))
+            state["thermal_after"] = str(res.get("thermal_state", "unknown"))
             if "output" in res:
                 try:
-                    output = decode_array(res["output"])
+                    state["output"] = decode_array(res["output"])
                 except ValueError as e:
                     raise MeasurementError(f"{key}: the companion's output is malformed: {e}") from None
             stats = Stats.of(samples, repeats)
-            status = judge(stats, capped or stats.n < cfg.min_runs, cfg)
-            if status == INVALID:
-                notes.append(f"hit the cap after {stats.n} of {cfg.min_runs} samples")
-            if best is None or (status != INVALID and (best[1] == INVALID or stats.cv < best[0].cv)):
-                best = (stats, status)
-            if best[1] != UNSTABLE or attempts > cfg.retries:
-                break
-            if on_retry is not None:
-                on_retry(attempts, stats.cv)
-            self.sleep(cfg.retry_pause_s)
-        stats, status = best
-        if status == UNSTABLE:
-            notes.append(f"cv {stats.cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
-        elif attempts > 1:
-            notes.append(f"re-measured after a noisy attempt ({attempts} attempts)")
-        m = Measurement(stats, status, attempts, loop_s, notes)
+            return Attempt(stats, capped or stats.n < cfg.min_runs, elapsed)
+
+        m = measure_attempts(attempt, cfg, self.sleep, on_retry)
+        output, thermal_after = state["output"], state["thermal_after"]
         return DeviceResult(m, output, {"compute_units": self.settings.compute_units, "thermal_after": thermal_after})
 
     def _forget(self, name: str) -> None:

@@ -31,7 +31,7 @@ from fbprof.errors import InputError, MeasurementError, MissingExtraError
 from fbprof.spec import OpSpec
 
 __all__ = ["Exporter", "EXPORTERS", "exporter", "ArtifactCache", "export_module", "export_op", "export_ops",
-           "default_cache_dir", "BUILDER_VERSION"]
+           "default_cache_dir", "BUILDER_VERSION", "ExportJob", "export_jobs"]
 
 #: bump when ops.py changes what a key builds, so cached artifacts are rebuilt
 BUILDER_VERSION = "1"
@@ -247,9 +247,70 @@ def _worker_init() -> None:
             pass
 
 
-def _export_one(key: str, fmt: str, root: str, options: dict) -> str:
+def _export_one(key: str, fmt: str, root: str, options: dict) -> None:
     export_op(OpSpec.parse(key), fmt, ArtifactCache(root), options)
-    return key
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """One artifact to export: ``target(*args, fmt, cache_root, options)`` (a module-level function, so it
+    can run in a spawned worker) leaves it in the cache under ``cache_key``; ``name`` is what it is reported as."""
+
+    name: str
+    cache_key: str
+    target: Callable[..., None]
+    args: tuple = ()
+
+
+def export_jobs(
+    jobs: list[ExportJob],
+    fmt: str,
+    cache: ArtifactCache,
+    options: dict | None = None,
+    workers: int = 1,
+    on_done: Callable[[str], None] | None = None,
+) -> dict[str, Artifact | MeasurementError]:
+    """Export what the cache lacks (in ``workers`` spawned processes when > 1); failures are returned, not raised."""
+    options = dict(options or {})
+    out: dict[str, Artifact | MeasurementError] = {}
+    todo = []
+    for job in jobs:
+        hit = cache.get(job.cache_key, fmt, options)
+        if hit is not None:
+            out[job.name] = hit
+            if on_done:
+                on_done(job.name)
+        else:
+            todo.append(job)
+    if not todo:
+        return out
+    exporter(fmt).load()  # a missing extra is an error for the whole run
+
+    def settle(job: ExportJob, run: Callable[[], object]) -> None:
+        try:
+            run()
+            out[job.name] = cache.get(job.cache_key, fmt, options) or MeasurementError(f"{job.name}: export left no artifact")
+        except MeasurementError as e:
+            out[job.name] = e
+        except MissingExtraError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
+            out[job.name] = MeasurementError(f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}")
+        if on_done:
+            on_done(job.name)
+
+    root = str(cache.root)
+    if workers > 1 and len(todo) > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+            futs = {pool.submit(job.target, *job.args, fmt, root, options): job for job in todo}
+            for fut in as_completed(futs):
+                settle(futs[fut], fut.result)
+    else:
+        for job in todo:
+            settle(job, lambda job=job: job.target(*job.args, fmt, root, options))
+    return out
 
 
 def export_ops(
@@ -260,42 +321,6 @@ def export_ops(
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
-    """Export many ops (in ``workers`` processes when > 1); failures are returned, not raised."""
-    options = dict(options or {})
-    out: dict[str, Artifact | MeasurementError] = {}
-    todo = []
-    for s in specs:
-        hit = cache.get(s.key, fmt, options)
-        if hit is not None:
-            out[s.key] = hit
-            if on_done:
-                on_done(s.key)
-        else:
-            todo.append(s)
-    if todo:
-        exporter(fmt).load()  # a missing extra is an error for the whole run
-    if workers > 1 and len(todo) > 2:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-            futs = {pool.submit(_export_one, s.key, fmt, str(cache.root), options): s for s in todo}
-            for fut in as_completed(futs):
-                s = futs[fut]
-                try:
-                    fut.result()
-                    out[s.key] = cache.get(s.key, fmt, options) or MeasurementError(f"{s.key}: export left no artifact")
-                except MeasurementError as e:
-                    out[s.key] = e
-                except Exception as e:  # noqa: BLE001 - a worker died
-                    out[s.key] = MeasurementError(f"exporting {s.key} to {fmt} failed: {type(e).__name__}: {e}")
-                if on_done:
-                    on_done(s.key)
-    else:
-        for s in todo:
-            try:
-                out[s.key] = export_op(s, fmt, cache, options)
-            except MeasurementError as e:
-                out[s.key] = e
-            if on_done:
-                on_done(s.key)
-    return out
+    """Export many ops, keyed by op key (see :func:`export_jobs`)."""
+    jobs = [ExportJob(s.key, s.key, _export_one, (s.key,)) for s in specs]
+    return export_jobs(jobs, fmt, cache, options, workers, on_done)

@@ -163,6 +163,51 @@ def judge(stats: Stats, capped: bool, cfg: LoopConfig) -> str:
     return OK
 
 
+@dataclass
+class Attempt:
+    """One measurement attempt, however it was taken (this loop, a phone's runner, a companion app)."""
+
+    stats: Stats
+    capped: bool  # the time cap ended sampling before cfg.min_runs samples
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)  # facts about this attempt (e.g. what the median means)
+    unit: str = "samples"
+
+
+def measure_attempts(
+    attempt: Callable[[], Attempt],
+    cfg: LoopConfig,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[int, float], None] | None = None,
+) -> Measurement:
+    """The one validity policy for every device: judge each attempt, measure a noisy row again after a pause
+    (up to ``cfg.retries`` times), keep the least noisy valid attempt."""
+    attempts = 0
+    loop_s = 0.0
+    best: tuple[Attempt, str] | None = None
+    while True:
+        a = attempt()
+        attempts += 1
+        loop_s += a.elapsed_s
+        status = judge(a.stats, a.capped, cfg)
+        if best is None or (status != INVALID and (best[1] == INVALID or a.stats.cv < best[0].stats.cv)):
+            best = (a, status)
+        if best[1] != UNSTABLE or attempts > cfg.retries:
+            break
+        if on_retry is not None:
+            on_retry(attempts, a.stats.cv)
+        sleep(cfg.retry_pause_s)
+    a, status = best
+    notes: list[str] = []
+    if status == INVALID:
+        notes.append(f"hit the cap after {a.stats.n} of {cfg.min_runs} {a.unit}")
+    elif status == UNSTABLE:
+        notes.append(f"cv {a.stats.cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
+    elif attempts > 1:
+        notes.append(f"re-measured after a noisy attempt ({attempts} attempts)")
+    return Measurement(a.stats, status, attempts, loop_s, notes + a.notes)
+
+
 def measure(
     fn: Callable[[], object],
     cfg: LoopConfig,
@@ -170,29 +215,10 @@ def measure(
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, float], None] | None = None,
 ) -> Measurement:
-    """Run the loop; re-measure a noisy result after a pause; keep the least noisy attempt."""
-    attempts = 0
-    loop_s = 0.0
-    best: tuple[Stats, str] | None = None
-    notes: list[str] = []
-    while True:
+    """Run the loop on ``fn`` under :func:`measure_attempts`' policy."""
+
+    def attempt() -> Attempt:
         res = run_loop(fn, cfg, clock)
-        attempts += 1
-        loop_s += res.elapsed_s
-        stats = Stats.of(res.samples, res.repeats)
-        status = judge(stats, res.capped, cfg)
-        if status == INVALID:
-            notes.append(f"hit the cap after {stats.n} of {cfg.min_runs} samples")
-        if best is None or (status != INVALID and (best[1] == INVALID or stats.cv < best[0].cv)):
-            best = (stats, status)
-        if best[1] != UNSTABLE or attempts > cfg.retries:
-            break
-        if on_retry is not None:
-            on_retry(attempts, stats.cv)
-        sleep(cfg.retry_pause_s)
-    stats, status = best
-    if status == UNSTABLE:
-        notes.append(f"cv {stats.cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
-    elif attempts > 1:
-        notes.append(f"re-measured after a noisy attempt ({attempts} attempts)")
-    return Measurement(stats, status, attempts, loop_s, notes)
+        return Attempt(Stats.of(res.samples, res.repeats), res.capped, res.elapsed_s)
+
+    return measure_attempts(attempt, cfg, sleep, on_retry)

@@ -27,7 +27,6 @@ import math
 import random
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -39,7 +38,7 @@ from fbprof.fileio import atomic_write_bytes, atomic_write_text
 from fbprof.lut.calibration import FitReport, LinearCalibration, MODELS, calibration_of, select_and_fit, store_calibration
 from fbprof.lut.predict import predict, require_space
 from fbprof.lut.table import Lut, read_lut
-from fbprof.profiler.export import ArtifactCache, export_module, exporter
+from fbprof.profiler.export import ArtifactCache, ExportJob, export_jobs, export_module
 from fbprof.profiler.loop import INVALID, OK, LoopConfig
 from fbprof.space import Arch, Space, load_arch, load_space
 
@@ -306,17 +305,10 @@ def export_arch(arch: Arch, fmt: str, cache: ArtifactCache, options: dict | None
     return export_module(net, example, key, fmt, cache.folder(key, fmt, options), options)
 
 
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def _export_worker(space_source: str, resolution: int, width: float, blocks: list[str], head: int, name: str,
-                   fmt: str, root: str, options: dict) -> str:
+                   fmt: str, root: str, options: dict) -> None:
     space = load_space(space_source, resolution, width)
     export_arch(space.arch(blocks, head, name=name), fmt, ArtifactCache(root), options)
-    return name
 
 
 def export_archs(
@@ -327,46 +319,11 @@ def export_archs(
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
-    """Export whole networks (in ``workers`` spawned processes when > 1); failures are returned."""
-    options = dict(options or {})
-    out: dict[str, Artifact | MeasurementError] = {}
-    todo = []
-    for a in archs:
-        hit = cache.get(arch_key(a), fmt, options)
-        if hit is not None:
-            out[a.name] = hit
-            if on_done:
-                on_done(a.name)
-        else:
-            todo.append(a)
-    if todo:
-        exporter(fmt).load()  # a missing extra is an error for the whole run
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-            futs = {pool.submit(_export_worker, a.space.source, a.space.resolution, a.space.width, list(a.blocks),
-                                a.head_channels, a.name, fmt, str(cache.root), options): a for a in todo}
-            for fut in as_completed(futs):
-                a = futs[fut]
-                try:
-                    fut.result()
-                    out[a.name] = cache.get(arch_key(a), fmt, options) or MeasurementError(f"{a.name}: export left no artifact")
-                except MeasurementError as e:
-                    out[a.name] = e
-                except Exception as e:  # noqa: BLE001 - a worker died
-                    out[a.name] = MeasurementError(f"exporting {a.name} to {fmt} failed: {type(e).__name__}: {e}")
-                if on_done:
-                    on_done(a.name)
-    else:
-        for a in todo:
-            try:
-                out[a.name] = export_arch(a, fmt, cache, options)
-            except MeasurementError as e:
-                out[a.name] = e
-            if on_done:
-                on_done(a.name)
-    return out
+    """Export whole networks, keyed by arch name (see fbprof.profiler.export.export_jobs)."""
+    jobs = [ExportJob(a.name, arch_key(a), _export_worker,
+                      (a.space.source, a.space.resolution, a.space.width, list(a.blocks), a.head_channels, a.name))
+            for a in archs]
+    return export_jobs(jobs, fmt, cache, options, workers, on_done)
 
 
 # ------------------------------------------------------------------------------------------------

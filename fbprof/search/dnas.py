@@ -45,6 +45,9 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"
 MODES = ("hard", "soft")
 #: fields that may change between a run and its --resume
+#: target mode: temperature of the near-one-hot softmax(theta / PEAK_TAU) whose latency stands for the most
+#: likely architecture's in the second penalty term
+PEAK_TAU = 0.1
 RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps"}
 
 
@@ -407,8 +410,12 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                 logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
                 ce = ce_fn(logits, y)
                 lat_us = relaxed_latency(m, lat_d, fixed_us)
-                loss = target_loss(ce, lat_us, target_us, cfg.target_weight) if target_us is not None \
-                    else fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
+                if target_us is not None:
+                    peak = torch.softmax((theta / PEAK_TAU).masked_fill(~mask_d, float("-inf")), dim=-1)
+                    loss = target_loss(ce, lat_us, target_us, cfg.target_weight) \
+                        + cfg.target_weight * torch.log(relaxed_latency(peak, lat_d, fixed_us) / target_us) ** 2
+                else:
+                    loss = fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta])
