@@ -38,7 +38,7 @@ def search(
     tau_decay: float = typer.Option(0.045, "--tau-decay", help="tau is multiplied by exp(-tau_decay) every epoch"),
     alpha: float = typer.Option(0.2, "--alpha", help="loss CE * alpha * log(LAT_us)^beta"),
     beta: float = typer.Option(0.6, "--beta"),
-    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget: loss CE + lambda * log(LAT/T)^2"),
+    target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget: loss CE + lambda * (log(LAT/T)^2 + log(LAT_peak/T)^2), see docs/search.md"),
     target_weight: float = typer.Option(2.0, "--target-weight", help="lambda of the target penalty"),
     mode: str = typer.Option("hard", "--mode", help="hard: run the sampled candidate only; soft: weighted sum of all"),
     samples: int = typer.Option(5, "--samples", "-k", min=0, help="architectures sampled from the final distribution"),

@@ -32,11 +32,11 @@ from torch import nn
 
 from fbprof.errors import InputError
 from fbprof.lut.table import Lut
-from fbprof.profiler.ops import ChannelShuffle, InvertedResidual, build_op
+from fbprof.profiler.ops import InvertedResidual, build_op
 from fbprof.space import Space, decode_space
 
 __all__ = [
-    "ProxyPlan", "proxy_space", "adapt_strides", "BatchChannelShuffle", "trainable", "latency_table",
+    "ProxyPlan", "proxy_space", "adapt_strides", "trainable", "latency_table",
     "Supernet", "ChildNet", "build_child", "sample_gumbel",
 ]
 
@@ -95,36 +95,14 @@ def proxy_space(lut_space: Space, resolution: int, num_classes: int, min_feature
 
 
 # --------------------------------------------------------------------------------------------------
-class BatchChannelShuffle(nn.Module):
-    """Channel shuffle for any batch size (the profiler's shuffle has a static batch of 1 for export)."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
-
-
 def trainable(module: nn.Module) -> nn.Module:
-    """Prepare a ``build_op`` module for training: swap static-shape channel shuffles for batch-agnostic ones,
-    zero the scale of the last BatchNorm of every residual block (each starts as an identity, as in Goyal et
+    """Prepare a ``build_op`` module for training: zero the scale of the last BatchNorm of every residual block (each starts as an identity, as in Goyal et
     al. 2017: 22 layers trained from scratch for a few epochs diverge without it) and set train mode."""
-    _swap_shuffles(module)
     for m in module.modules():
         if isinstance(m, InvertedResidual) and m.residual:
             last_bn = [x for x in m.body if isinstance(x, nn.BatchNorm2d)][-1]
             nn.init.zeros_(last_bn.weight)
     return module.train()
-
-
-def _swap_shuffles(module: nn.Module) -> None:
-    for name, child in list(module.named_children()):
-        if isinstance(child, ChannelShuffle):
-            setattr(module, name, BatchChannelShuffle(child.groups))
-        else:
-            _swap_shuffles(child)
 
 
 def latency_table(lut_space: Space, lut: Lut, head_channels: int) -> tuple[torch.Tensor, torch.Tensor, float, list[list[str]]]:
