@@ -1,8 +1,9 @@
 """The runner that fbprof pushes to a device with Python (Termux, a Linux board reached over ADB).
 
 It is copied next to ``fbprof_loop.py`` (a copy of fbprof/profiler/loop.py) and run there; it needs
-only the standard library, numpy and the runtime it measures (onnxruntime or ai_edge_litert). It is
-never imported by fbprof on the host.
+only the standard library, numpy and the runtime it measures (onnxruntime or ai_edge_litert). On the
+host, the local device imports :func:`open_onnxruntime` from it, so ONNX Runtime is set up identically
+on this computer and on a device.
 
     python3 fbprof_runner.py version BACKEND
     python3 fbprof_runner.py measure BACKEND MODEL INPUT_NPY OUTPUT_NPY THREADS CONFIG_JSON
@@ -28,7 +29,9 @@ def _loop():
     return fbprof_loop
 
 
-def _ort(model: str, x, threads: int):
+def open_onnxruntime(model: str, x, threads: int):
+    """A callable that runs ``model`` on ``x`` with fbprof's ONNX Runtime settings (1 inter-op thread,
+    sequential, all graph optimisations, denormals as zero, no spinning when single-threaded)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -65,7 +68,7 @@ def _litert(model: str, x, threads: int):
     return run
 
 
-RUNTIMES = {"onnxruntime": (_ort, "onnxruntime"), "litert": (_litert, "ai_edge_litert")}
+RUNTIMES = {"onnxruntime": (open_onnxruntime, "onnxruntime"), "litert": (_litert, "ai_edge_litert")}
 
 
 def version(backend: str) -> dict:

@@ -26,23 +26,11 @@ class Session(Protocol):
     def run(self) -> np.ndarray: ...
 
 
-class _OrtSession:
-    def __init__(self, artifact: Artifact, threads: int) -> None:
-        import onnxruntime as ort
+class _CallSession:
+    """A Session around a callable that runs the artifact's input."""
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")
-        if threads == 1:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sess = ort.InferenceSession(str(artifact.path), so, providers=["CPUExecutionProvider"])
-        self.feed = {self.sess.get_inputs()[0].name: np.ascontiguousarray(artifact.input, dtype=np.float32)}
-
-    def run(self) -> np.ndarray:
-        return self.sess.run(None, self.feed)[0]
+    def __init__(self, run: Callable[[], np.ndarray]) -> None:
+        self.run = run
 
 
 class _TorchSession:
@@ -61,7 +49,9 @@ class _TorchSession:
 
 
 def _open_ort(artifact: Artifact, threads: int) -> Session:
-    return _OrtSession(artifact, threads)
+    from fbprof.devices.adb_remote_runner import open_onnxruntime  # the same setup as on a device
+
+    return _CallSession(open_onnxruntime(str(artifact.path), artifact.input, threads))
 
 
 def _open_torch(artifact: Artifact, threads: int) -> Session:
