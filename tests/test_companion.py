@@ -484,7 +484,7 @@ def test_settings_and_addresses():
         CompanionSettings.from_sources({"runner": "python"})
     with pytest.raises(InputError, match="compute_units 'gpu': expected one of cpuOnly, cpuAndGPU"):
         CompanionSettings.from_sources({"compute_units": "gpu"})
-    with pytest.raises(InputError, match="companion setting retries='many': expected int"):
+    with pytest.raises(InputError, match="companion: device setting retries='many': expected int"):
         CompanionSettings.from_sources({"retries": "many"})
     assert parse_address("10.0.0.5") == ("10.0.0.5", 8765)
     assert parse_address("phone.local:9000") == ("phone.local", 9000)

@@ -33,6 +33,7 @@ import numpy as np
 from fbprof.devices.adb_benchmark import benchmark_command, parse_benchmark_output, run_stats
 from fbprof.devices.adb_link import AdbLink, Timeouts, default_key_path, ensure_key
 from fbprof.devices.base import Artifact, Device, DeviceResult
+from fbprof.devices.profiles import coerce_setting
 from fbprof.errors import DeviceError, InputError, MeasurementError
 from fbprof.profiler.loop import Attempt, LoopConfig, Measurement, Stats, measure_attempts
 
@@ -75,50 +76,7 @@ _POSITIVE = {"transport_timeout_s", "read_timeout_s", "auth_timeout_s", "thermal
 
 
 def _convert(name: str, value: Any, where: str) -> Any:
-    f = SETTINGS[name]
-    t = str(f.type)
-    optional = "None" in t
-    try:
-        if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "off", "")):
-            if not optional:
-                raise ValueError("a value is required")
-            return None
-        if t.startswith("tuple"):
-            if isinstance(value, str):
-                return tuple(shlex.split(value))
-            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-                return tuple(value)
-            raise ValueError("expected a list of strings")
-        if t == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true or false")
-        if t == "int":
-            if isinstance(value, bool):
-                raise ValueError("expected an integer")
-            v = int(value)
-            if v < (1 if name in _POSITIVE else 0):
-                raise ValueError("out of range")
-            return v
-        if t.startswith("float"):
-            if isinstance(value, bool):
-                raise ValueError("expected a number")
-            v = float(value)
-            if not (v == v) or v < 0 or (name in _POSITIVE and v == 0) or v > 1e6:
-                raise ValueError("out of range")
-            return v
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ValueError("expected a string")
-        v = str(value)
-        if len(v) > 4096 or "\0" in v or "\n" in v:
-            raise ValueError("too long or contains a NUL/newline")
-        return v
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{where}: device setting {name}={value!r}: {e}") from None
+    return coerce_setting(name, value, str(SETTINGS[name].type), where, positive=name in _POSITIVE)
 
 
 def parse_settings(profile_settings: dict[str, Any], options: dict[str, Any], source: str) -> AdbSettings:

@@ -25,6 +25,7 @@ import httpx
 from fbprof.companion.protocol import (API, COMPUTE_UNITS, DEFAULT_PORT, PROTOCOL, SERVICE_TYPE,
                                        THERMAL_STATES, Limits, decode_array, model_name, pack_model)
 from fbprof.devices.base import BACKENDS, Artifact, Device, DeviceResult, backend_info
+from fbprof.devices.profiles import coerce_setting
 from fbprof.errors import DeviceError, InputError, MeasurementError, MissingExtraError
 from fbprof.profiler.loop import Attempt, LoopConfig, Stats, measure_attempts
 
@@ -73,29 +74,7 @@ class CompanionSettings:
 
 
 def _coerce(key: str, value: Any, typ: str) -> Any:
-    try:
-        if typ == "bool":
-            if isinstance(value, bool):
-                return value
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                return True
-            if str(value).lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ == "int":
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if typ == "float":
-            if isinstance(value, bool):
-                raise ValueError
-            v = float(value)
-            if not math.isfinite(v):
-                raise ValueError
-            return v
-        return str(value)
-    except (TypeError, ValueError):
-        raise InputError(f"companion setting {key}={value!r}: expected {typ}") from None
+    return coerce_setting(key, value, typ, "companion")
 
 
 def parse_address(address: str) -> tuple[str, int]:

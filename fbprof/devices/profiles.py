@@ -10,6 +10,8 @@ A device argument is a profile name (``local``, ``s8``, ``iphonex``) or ``TRANSP
 from __future__ import annotations
 
 import importlib
+import math
+import shlex
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,7 +21,7 @@ from fbprof.devices.base import Device, backend_info
 from fbprof.errors import FileFormatError, InputError
 from fbprof.space import read_data_file
 
-__all__ = ["DeviceProfile", "TRANSPORTS", "ADDRESS_PREFIXES", "load_profiles", "resolve_device", "open_device"]
+__all__ = ["coerce_setting", "DeviceProfile", "TRANSPORTS", "ADDRESS_PREFIXES", "load_profiles", "resolve_device", "open_device"]
 
 #: transport -> "module:function" with function(profile, address, options) -> Device
 TRANSPORTS: dict[str, str] = {
@@ -41,6 +43,55 @@ class DeviceProfile:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+
+
+def coerce_setting(name: str, value: Any, typ: str, where: str, positive: bool = False) -> Any:
+    """Check and convert one device setting (from a profile or a ``--option`` string) to the type named by
+    ``typ`` (a dataclass field's annotation: bool, int, float, str, tuple[str, ...], optionally ``| None``).
+    Numbers must be >= 0 (> 0 when ``positive``); strings are bounded. Errors name ``where`` and the setting."""
+    optional = "None" in typ
+    try:
+        if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "off", "")):
+            if not optional:
+                raise ValueError("a value is required")
+            return None
+        if typ.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(shlex.split(value))
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ValueError("expected a list of strings")
+        if typ == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if typ == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected int")
+            v = int(value)
+            if v < (1 if positive else 0):
+                raise ValueError("out of range")
+            return v
+        if typ.startswith("float"):
+            if isinstance(value, bool):
+                raise ValueError("expected float")
+            v = float(value)
+            if not math.isfinite(v) or v < 0 or (positive and v == 0) or v > 1e6:
+                raise ValueError("out of range")
+            return v
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError("expected a string")
+        v = str(value)
+        if len(v) > 4096 or "\0" in v or "\n" in v:
+            raise ValueError("too long or contains a NUL/newline")
+        return v
+    except (TypeError, ValueError) as e:
+        msg = str(e) if str(e).startswith(("expected", "out of", "a value", "too long")) else f"expected {typ}"
+        raise InputError(f"{where}: device setting {name}={value!r}: {msg}") from None
 
 
 def _decode(data: Any, path: str) -> DeviceProfile:
