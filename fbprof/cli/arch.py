@@ -56,8 +56,6 @@ def predict(
     results = []
     for name in archs:
         a = load_arch(name)
-        if len(archs) == 1 or layers:
-            pass
         results.append((a, predict_arch(a, table)))
     for a, p in results:
         if layers or len(archs) == 1:
