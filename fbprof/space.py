@@ -27,6 +27,9 @@ __all__ = [
     "Space",
     "Arch",
     "load_space",
+    "SpaceTag",
+    "format_space_tags",
+    "parse_space_tags",
     "load_arch",
     "space_names",
     "arch_names",
@@ -135,6 +138,58 @@ class Layer:
 
 
 @dataclass(frozen=True)
+class SpaceTag:
+    """A space as LUT headers, verify and search name it: ``NAME@RESOLUTION/wWIDTH`` (``fbnet@224/w1``).
+
+    :meth:`__str__` is the one writer and :meth:`parse` the one (strict) reader of this text."""
+
+    name: str
+    resolution: int
+    width: float
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.resolution}/w{self.width:g}"
+
+    @classmethod
+    def parse(cls, text: str, where: str = "space") -> "SpaceTag":
+        t = text.strip()
+        name, at, rest = t.partition("@")
+        res_s, sep, w_s = rest.partition("/w")
+        problem = None
+        if not at or not sep or not name or any(c in name for c in ",@\n") or not res_s.isdigit():
+            problem = "expected NAME@RESOLUTION/wWIDTH"
+        else:
+            try:
+                width = float(w_s)
+            except ValueError:
+                width = float("nan")
+            res = int(res_s) if len(res_s) <= 6 else 0
+            if not (0 < width < 1e3) or not w_s.replace(".", "", 1).isdigit():
+                problem = f"width {w_s!r} is not a positive number"
+            elif not 8 <= res <= 100_000:
+                problem = f"resolution {res_s!r} out of range (8..100000)"
+        if problem:
+            raise InputError(f"{where}: cannot read space {text[:80]!r}: {problem}")
+        return cls(name, res, width)
+
+    def load(self) -> "Space":
+        return load_space(self.name, self.resolution, self.width)
+
+
+def format_space_tags(tags) -> str:
+    """The LUT header's ``spaces`` value: sorted unique tags, ``-`` for none."""
+    return ", ".join(sorted({str(t) for t in tags})) or "-"
+
+
+def parse_space_tags(value: str, where: str = "spaces") -> list[SpaceTag]:
+    """Read a ``spaces`` value strictly (``-`` is none); a malformed entry is an InputError naming ``where``."""
+    v = value.strip()
+    if v in ("", "-"):
+        return []
+    return [SpaceTag.parse(part, where) for part in v.split(",")]
+
+
+@dataclass(frozen=True)
 class Space:
     """A search space resolved at one resolution and width: every layer's shape is known."""
 
@@ -188,6 +243,10 @@ class Space:
 
     def params(self) -> dict[str, Any]:
         return {"space": self.name, "resolution": self.resolution, "width": self.width}
+
+    @property
+    def tag(self) -> SpaceTag:
+        return SpaceTag(self.name, self.resolution, self.width)
 
     def arch(self, blocks: list[str] | tuple[str, ...], head_channels: int | None = None, name: str = "arch") -> "Arch":
         if len(blocks) != len(self.layers):

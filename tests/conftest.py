@@ -23,7 +23,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def quick_loop():
-    from fbprof.profiler.loop import LoopConfig
+    from fbprof.loop import LoopConfig
 
     return LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,
                       retry_pause_s=0.0)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from fbprof.devices.adb_benchmark import benchmark_command, judge_run, parse_benchmark_output, run_stats
-from fbprof.devices.base import Artifact
+from fbprof.artifact import Artifact
 from fbprof.devices.profiles import load_profiles
 from fbprof.errors import DeviceError, InputError, MeasurementError
-from fbprof.profiler.loop import LoopConfig
+from fbprof.loop import LoopConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
 from adbd import AdbDaemon, fake_android, make_key  # noqa: E402

@@ -13,8 +13,8 @@ from fbprof.devices.adb import from_profile, parse_settings
 from fbprof.devices.profiles import load_profiles, resolve_device
 from fbprof.errors import DeviceError, InputError
 from fbprof.lut.table import Journal, read_lut
-from fbprof.profiler.export import ArtifactCache
-from fbprof.profiler.session import MeasureRequest, measure_lut
+from fbprof.backends.cache import ArtifactCache
+from fbprof.profiler.measure import MeasureRequest, measure_lut
 from fbprof.space import load_space
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -92,10 +92,10 @@ def test_cli_python_runner_builds_the_tiny_lut(phone, tmp_path, cache_dir):
 
 
 @pytest.mark.parametrize("fault, event", [
-    # the first two pushes (the loop and the runner) go through: the fault hits the first row's push
-    (Faults(drop_push_after=1, drop_push_skip=2), "dropped while pushing"),
+    # the first three pushes (the loop, the runner and the backend module) go through: the fault hits the first row's push
+    (Faults(drop_push_after=1, drop_push_skip=3), "dropped while pushing"),
     (Faults(drop_run=RUN), "dropped while running"),
-    (Faults(stall="sync:", stall_skip=2), None),
+    (Faults(stall="sync:", stall_skip=3), None),
 ])
 def test_transport_faults_reconnect_and_finish(phone, tmp_path, cache_dir, quick_loop, fault, event):
     start, opts, _ = phone
@@ -140,7 +140,7 @@ def test_unplugged_mid_run_keeps_rows_and_resumes(phone, tmp_path, cache_dir, qu
 
 def test_a_device_that_stays_silent_fails_clearly(phone, tmp_path, cache_dir, quick_loop):
     start, opts, _ = phone
-    daemon = start(Faults(stall="sync:", stall_skip=2, stall_times=None))  # the rows' pushes stall
+    daemon = start(Faults(stall="sync:", stall_skip=3, stall_times=None))  # the rows' pushes stall (after loop, runner, backend)
     out = tmp_path / "lut.csv"
     o = {**opts, "transport_timeout_s": "2", "read_timeout_s": "4", "reconnect_attempts": "1"}
     with pytest.raises(DeviceError, match="lost the connection to .* while pushing .*TcpTimeoutException"):

@@ -16,13 +16,13 @@ import pytest
 
 from fbprof.companion.protocol import (UNAUTHORIZED_MESSAGE, Limits, ProtocolError, model_name, pack_model,
                                        unpack_model, valid_name)
-from fbprof.companion.server import CompanionServer
-from fbprof.devices.base import Artifact
-from fbprof.devices.companion import (CompanionClient, CompanionDevice, CompanionSettings, from_profile,
+from fbprof.companion.phone_server import CompanionServer
+from fbprof.artifact import Artifact
+from fbprof.devices.companion_client import (CompanionClient, CompanionDevice, CompanionSettings, from_profile,
                                       parse_address)
 from fbprof.devices.profiles import load_profiles, resolve_device
 from fbprof.errors import DeviceError, InputError, MeasurementError
-from fbprof.profiler.loop import INVALID, OK, UNSTABLE, LoopConfig
+from fbprof.loop import INVALID, OK, UNSTABLE, LoopConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "companion"
@@ -506,8 +506,8 @@ def test_bonjour_discovery_finds_the_reference_companion():
     pytest.importorskip("zeroconf", reason="the optional mdns extra is not installed")
     import secrets
 
-    from fbprof.companion.server import advertise
-    from fbprof.devices.companion import discover
+    from fbprof.companion.phone_server import advertise
+    from fbprof.devices.companion_client import discover
 
     label = f"fbprof test {secrets.token_hex(4)}"
     with CompanionServer(TOKEN, formats=("onnx",)).start() as srv:

@@ -16,13 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from fbprof.cli import app
-from fbprof.companion.server import CompanionServer
+from fbprof.companion.phone_server import CompanionServer
 from fbprof.devices.profiles import load_profiles, open_device, resolve_device
 from fbprof.errors import DeviceError, MeasurementError
 from fbprof.lut.table import Journal, read_lut
-from fbprof.profiler.export import ArtifactCache, export_ops
-from fbprof.profiler.loop import INVALID, LoopConfig
-from fbprof.profiler.session import Listener, MeasureRequest, measure_lut
+from fbprof.backends.cache import ArtifactCache
+from fbprof.profiler.export import export_ops
+from fbprof.loop import INVALID, LoopConfig
+from fbprof.profiler.measure import Listener, MeasureRequest, measure_lut
 from fbprof.space import load_space
 
 TOKEN = "e2e-token-456"

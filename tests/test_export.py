@@ -34,7 +34,7 @@ RUNNABLE = {"onnx": "onnxruntime", "torchscript": "torch", "tflite": "litert", "
 
 @pytest.fixture(scope="session")
 def cache(cache_dir):
-    from fbprof.profiler.export import ArtifactCache
+    from fbprof.backends.cache import ArtifactCache
 
     return ArtifactCache(cache_dir)
 
@@ -42,7 +42,7 @@ def cache(cache_dir):
 def _torch_output(spec: OpSpec) -> np.ndarray:
     import torch
 
-    from fbprof.profiler.ops import build_calibrated_op, example_input
+    from fbprof.build import build_calibrated_op, example_input
 
     with torch.no_grad():
         return build_calibrated_op(spec)(example_input(spec)).numpy()
@@ -73,7 +73,7 @@ def test_exported_op_computes_what_torch_computes(fmt, key, cache):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)
 
     if fmt == "tflite":
-        from fbprof.profiler.export_mobile import tflite_ops
+        from fbprof.backends.litert import tflite_ops
 
         ops = tflite_ops(art.path)
         assert ops, "empty TFLite graph"
@@ -84,7 +84,7 @@ def test_exported_op_computes_what_torch_computes(fmt, key, cache):
 def test_tflite_ops_reads_the_graph_and_rejects_other_files(cache, tmp_path):
     from fbprof.errors import InputError
     from fbprof.profiler.export import export_op
-    from fbprof.profiler.export_mobile import tflite_ops
+    from fbprof.backends.litert import tflite_ops
 
     ops = tflite_ops(export_op(OpSpec.parse("k3_e6:16x8x8:16:s1"), "tflite", cache).path)
     assert ops.count("CONV_2D") == 2 and ops.count("DEPTHWISE_CONV_2D") == 1 and "ADD" in ops
@@ -136,24 +136,30 @@ def test_coreml_rejects_bad_options(cache):
 # ---- missing extras ----------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt,extra", [("tflite", "tflite"), ("pte", "executorch"), ("mlpackage", "coreml")])
 def test_missing_converter_names_the_pip_command(fmt, extra, monkeypatch, tmp_path):
+    from fbprof import backends
+    from fbprof.backends.cache import ArtifactCache
     from fbprof.errors import MissingExtraError
     from fbprof.profiler import export
 
-    monkeypatch.setitem(export.EXPORTERS, fmt, dataclasses.replace(export.EXPORTERS[fmt], module="fbprof_no_such_converter"))
+    name = backends.backend_for_format(fmt).name
+    monkeypatch.setitem(backends.BACKENDS, name,
+                        dataclasses.replace(backends.BACKENDS[name], converter_module="fbprof_no_such_converter"))
     with pytest.raises(MissingExtraError) as err:
-        export.export_op(OpSpec.parse("fc:64x1x1:10:s1"), fmt, export.ArtifactCache(tmp_path))
+        export.export_op(OpSpec.parse("fc:64x1x1:10:s1"), fmt, ArtifactCache(tmp_path))
     assert f"pip install 'fbprof[{extra}]'" in str(err.value)
     assert "fbprof_no_such_converter" in str(err.value)
 
 
 @pytest.mark.parametrize("backend,extra", [("litert", "tflite"), ("executorch", "executorch")])
 def test_missing_runtime_names_the_pip_command(backend, extra, monkeypatch, tmp_path):
-    from fbprof.devices import base
+    from fbprof import backends
+    from fbprof.artifact import Artifact
     from fbprof.devices.local import LocalDevice
     from fbprof.errors import MissingExtraError
 
-    monkeypatch.setitem(base.BACKENDS, backend, dataclasses.replace(base.BACKENDS[backend], module="fbprof_no_such_runtime"))
-    art = base.Artifact("fc:64x1x1:10:s1", base.BACKENDS[backend].format, tmp_path / "m", np.zeros((1, 64), np.float32),
+    monkeypatch.setitem(backends.BACKENDS, backend,
+                        dataclasses.replace(backends.BACKENDS[backend], runtime_module="fbprof_no_such_runtime"))
+    art = Artifact("fc:64x1x1:10:s1", backends.BACKENDS[backend].format, tmp_path / "m", np.zeros((1, 64), np.float32),
                         np.zeros((1, 10), np.float32))
     with pytest.raises(MissingExtraError, match=rf"pip install 'fbprof\[{extra}\]'"):
         LocalDevice(pin=False).open_session(art, backend, 1)
@@ -162,11 +168,11 @@ def test_missing_runtime_names_the_pip_command(backend, extra, monkeypatch, tmp_
 def test_cli_export_missing_extra_exits_3(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
+    from fbprof import backends
     from fbprof.cli import app
-    from fbprof.profiler import export
 
-    monkeypatch.setitem(export.EXPORTERS, "mlpackage",
-                        dataclasses.replace(export.EXPORTERS["mlpackage"], module="fbprof_no_such_converter"))
+    monkeypatch.setitem(backends.BACKENDS, "coreml",
+                        dataclasses.replace(backends.BACKENDS["coreml"], converter_module="fbprof_no_such_converter"))
     r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "coreml", "-o", str(tmp_path / "m.mlpackage")])
     assert r.exit_code == 3
     assert "pip install 'fbprof[coreml]'" in r.output
@@ -176,8 +182,9 @@ def test_cli_export_missing_extra_exits_3(monkeypatch, tmp_path):
 # ---- conversion in parallel worker processes ---------------------------------------------------
 @pytest.mark.parametrize("fmt", ["tflite", "pte"])
 def test_export_ops_converts_in_spawned_workers(fmt, tmp_path):
-    from fbprof.devices.base import Artifact
-    from fbprof.profiler.export import ArtifactCache, export_ops
+    from fbprof.artifact import Artifact
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.profiler.export import export_ops
 
     cache = ArtifactCache(tmp_path)
     specs = [OpSpec.parse(k) for k in ("k3_e1:8x16x16:8:s1", "skip:16x8x8:24:s2", "stem:3x32x32:8:s2")]
@@ -197,7 +204,7 @@ def test_export_ops_converts_in_spawned_workers(fmt, tmp_path):
 def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
     from fbprof.devices.local import LocalDevice
     from fbprof.lut.table import read_lut
-    from fbprof.profiler.session import MeasureRequest, measure_lut
+    from fbprof.profiler.measure import MeasureRequest, measure_lut
 
     specs = [OpSpec.parse(k) for k in ("k3_e1:16x8x8:16:s1", "fc:64x1x1:10:s1")]
     out = tmp_path / f"{backend}.csv"
@@ -219,7 +226,7 @@ def test_cli_export_fbnet_b_tflite_runs_in_litert(tmp_path):
     from typer.testing import CliRunner
 
     from fbprof.cli import app
-    from fbprof.profiler.export_mobile import tflite_ops
+    from fbprof.backends.litert import tflite_ops
 
     out = tmp_path / "fbnet-b.tflite"
     r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "tflite", "-o", str(out)])
@@ -242,14 +249,15 @@ TINY_ARCH = "schema: 1\nname: tiny-a\nspace: tiny\nblocks: [k3_e1, k3_e3, k5_e3,
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript", "executorch", "coreml"])
 def test_export_arch_every_format(fmt, tmp_path):
-    from fbprof.profiler.export import EXPORTERS
-    from fbprof.profiler.export_arch import export_arch, resolve_format
+    from fbprof.backends import backend_for_format
+    from fbprof.backends import resolve_format
+    from fbprof.profiler.export import export_arch_file
     from fbprof.space import load_arch
 
     (tmp_path / "a.yaml").write_text(TINY_ARCH)
     arch = load_arch(tmp_path / "a.yaml")
-    out = tmp_path / f"tiny-a{EXPORTERS[resolve_format(fmt)].suffix}"
-    r = export_arch(arch, fmt, out)
+    out = tmp_path / f"tiny-a{backend_for_format(resolve_format(fmt)).suffix}"
+    r = export_arch_file(arch, fmt, out)
     assert out.exists() and r.path == out
     assert r.input_shape == (1, 3, 32, 32) and r.output_shape == (1, 10)
     if fmt == "coreml":

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fbprof.profiler.loop import INVALID, OK, UNSTABLE, LoopConfig, Stats, measure, run_loop
+from fbprof.loop import INVALID, OK, UNSTABLE, LoopConfig, Stats, measure, run_loop
 
 
 class FakeClock:

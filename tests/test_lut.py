@@ -7,7 +7,7 @@ import pytest
 from fbprof.errors import FileFormatError, LutCoverageError
 from fbprof.lut.predict import diff_luts, predict, require_space
 from fbprof.lut.table import COLUMNS, Journal, LutRow, format_lut, read_lut, write_lut
-from fbprof.profiler.loop import Stats
+from fbprof.loop import Stats
 from fbprof.space import load_space
 
 HEADER = {"device": "local", "backend": "onnxruntime", "runtime": "onnxruntime 1.0", "threads": "1",

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from fbprof.cli import app
 from fbprof.lut.table import Journal, read_lut
-from fbprof.profiler.session import check_output
+from fbprof.artifact import check_output
 from fbprof.space import load_space
 
 from conftest import fbprof_cmd

@@ -16,8 +16,8 @@ torch = pytest.importorskip("torch")
 def _measure_tiny_lut(path: Path) -> Path:
     """Measure every op of the tiny space with fbprof's loop on torch modules and write it with write_lut."""
     from fbprof.lut.table import LutRow, write_lut
-    from fbprof.profiler.loop import LoopConfig, measure
-    from fbprof.profiler.ops import build_calibrated_op, example_input
+    from fbprof.loop import LoopConfig, measure
+    from fbprof.build import build_calibrated_op, example_input
     from fbprof.space import load_space
 
     cfg = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,

@@ -21,9 +21,9 @@ from fbprof.lut.calibration import (CALIBRATION_SCHEMA, LinearCalibration, calib
                                     select_and_fit, store_calibration)
 from fbprof.lut.predict import predict
 from fbprof.lut.table import Lut, LutRow, read_lut, write_lut
-from fbprof.profiler.loop import Stats
-from fbprof.profiler.verify import (CSV_COLUMNS, REPORT_FILES, VerifyRequest, accuracy, loop_from_header, plan_verify,
-                                    published_archs, round_order, sample_archs, space_from_header)
+from fbprof.loop import Stats
+from fbprof.verify import (CSV_COLUMNS, REPORT_FILES, VerifyRequest, accuracy, plan_verify, published_archs,
+                           round_order, sample_archs)
 from fbprof.space import load_space
 
 runner = CliRunner()
@@ -276,8 +276,8 @@ def test_malformed_calibration_names_file_and_line(tmp_path, value, reason):
 def test_plan_reads_space_loop_and_splits_from_the_lut(tmp_path):
     sp = load_space("tiny")
     lut = _fake_lut(tmp_path / "l.csv", sp)
-    assert space_from_header(lut).layers == sp.layers
-    loop = loop_from_header(lut)
+    assert lut.space().layers == sp.layers
+    loop = lut.loop_config()
     assert (loop.warmup_runs, loop.min_runs, loop.min_time_s) == (2, 7, 0.5)
 
     class NoDevice:  # plan_verify only reads the LUT
@@ -291,6 +291,6 @@ def test_plan_reads_space_loop_and_splits_from_the_lut(tmp_path):
     assert set(plan.splits.values()) == {"held-out"}
     lut.header["spaces"] = "tiny@32/w1, fbnet@224/w1"
     with pytest.raises(InputError, match="names 2 spaces"):
-        space_from_header(lut)
+        lut.space()
     with pytest.raises(InputError, match="between 0 and 1"):
         VerifyRequest(tmp_path / "l.csv", NoDevice(), calib_fraction=1.5)

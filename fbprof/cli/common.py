@@ -9,7 +9,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fbprof.profiler.session import Listener, MeasureSummary
+from fbprof.profiler.measure import Listener, MeasureSummary
 
 __all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary", "parse_options"]
 

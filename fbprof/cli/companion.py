@@ -29,7 +29,7 @@ def serve(
 ) -> None:
     """Serve the companion protocol: Core ML through coremltools on macOS, ONNX with ONNX Runtime anywhere."""
     from fbprof.companion.protocol import Limits
-    from fbprof.companion.server import CompanionServer, advertise as announce, new_token
+    from fbprof.companion.phone_server import CompanionServer, advertise as announce, new_token
 
     limits = Limits(max_upload_bytes=int(max_upload_mb * (1 << 20)), max_models=max_models, max_runs=max_runs)
     tok = token or new_token()
@@ -72,7 +72,7 @@ def info(
 @companion_app.command("discover")
 def discover(seconds: float = typer.Option(3.0, "--seconds", min=0.1, help="how long to listen")) -> None:
     """List companions announcing themselves by Bonjour/mDNS (_fbprof._tcp) on the local network."""
-    from fbprof.devices.companion import discover as find
+    from fbprof.devices.companion_client import discover as find
 
     found = find(seconds)
     if not found:

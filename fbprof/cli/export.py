@@ -20,14 +20,15 @@ def export(
     check: bool = typer.Option(True, "--check/--no-check", help="run the file once with the local runtime and compare with torch"),
 ) -> None:
     """Export a whole architecture; the file is checked against torch with the format's local runtime."""
-    from fbprof.profiler.export_arch import export_arch, resolve_format
+    from fbprof.backends import resolve_format
+    from fbprof.profiler.export import export_arch_file
     from fbprof.space import load_arch
 
     opts: dict = parse_options(option)
     resolve_format(fmt)  # an unknown format fails before the architecture is built
     a = load_arch(arch, resolution, width)
     err_console.print(f"exporting {a.name} ({a.space.resolution}px, width {a.space.width:g}, {a.macs() / 1e6:.1f}M MACs) to {fmt}...")
-    r = export_arch(a, fmt, out, opts, check=check)
+    r = export_arch_file(a, fmt, out, opts, check=check)
     dims = "x".join(map(str, r.input_shape))
     console.print(f"wrote {r.path} ({r.format}, {r.export_s:.1f} s); input {dims} float32 {r.layout.upper()}, "
                   f"output {'x'.join(map(str, r.output_shape))}")

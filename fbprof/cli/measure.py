@@ -39,9 +39,9 @@ def measure(
     """Measure every op of a search space on a device and write (or extend) its LUT CSV."""
     from fbprof.devices.profiles import load_profiles, open_device, resolve_device
     from fbprof.errors import InputError
-    from fbprof.profiler.export import ArtifactCache
-    from fbprof.profiler.loop import LoopConfig
-    from fbprof.profiler.session import MeasureRequest, measure_lut
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.loop import LoopConfig
+    from fbprof.profiler.measure import MeasureRequest, measure_lut
     from fbprof.space import load_space
 
     prof, address = resolve_device(device, profile, load_profiles(profiles))
@@ -83,7 +83,7 @@ def measure(
     with dev:
         req = MeasureRequest(
             specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
-            spaces=[f"{sp.name}@{sp.resolution}/w{sp.width:g}"], remeasure=remeasure,
+            spaces=[sp.tag], remeasure=remeasure,
             cache=ArtifactCache(cache_dir), export_workers=workers,
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )

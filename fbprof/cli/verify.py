@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fbprof.cli.common import console, err_console
+from fbprof.cli.common import console, err_console, parse_options
 
 
 class _Progress:
@@ -97,22 +97,17 @@ def verify(
     from fbprof.errors import InputError
     from fbprof.fileio import atomic_write_text
     from fbprof.lut.table import read_lut
-    from fbprof.profiler.export import ArtifactCache
-    from fbprof.profiler.verify import VerifyRequest, loop_from_header, run_verify, write_report
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.verify import VerifyRequest, run_verify, write_report
     from fbprof.space import load_space
 
     if (resolution is not None or width is not None) and space is None:
         raise InputError("--resolution/--width need --space")
-    opts: dict = {}
-    for item in option:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            raise InputError(f"--option {item!r}: expected KEY=VALUE")
-        opts[k] = v
+    opts: dict = parse_options(option)
     sp = load_space(space, resolution, width) if space else None
     loop = None
     if min_runs is not None or min_time is not None:
-        base = loop_from_header(read_lut(lut))
+        base = read_lut(lut).loop_config()
         try:
             loop = replace(base, min_runs=min_runs or base.min_runs,
                            min_time_s=base.min_time_s if min_time is None else min_time,

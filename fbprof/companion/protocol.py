@@ -1,7 +1,7 @@
 """The companion protocol's shared pieces (see docs/companion-protocol.md): names, packing, limits.
 
-Standard library and numpy only. The host client (:mod:`fbprof.devices.companion`) and the reference
-companion (:mod:`fbprof.companion.server`) both use these functions, and the Swift app in
+Standard library and numpy only. The host client (:mod:`fbprof.devices.companion_client`) and the reference
+companion (:mod:`fbprof.companion.phone_server`) both use these functions, and the Swift app in
 ``devices/ios/`` implements the same rules; ``tests/fixtures/companion/`` holds the wire format.
 """
 
@@ -35,7 +35,7 @@ DEFAULT_PORT = 8765
 #: ProcessInfo.ThermalState on iOS, coolest first; "unknown" where the OS has no such API
 THERMAL_STATES = ("nominal", "fair", "serious", "critical")
 COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
-#: the run request's loop fields: the same names and meaning as fbprof.profiler.loop.LoopConfig
+#: the run request's loop fields: the same names and meaning as fbprof.loop.LoopConfig
 LOOP_FIELDS = ("warmup_runs", "warmup_min_s", "min_runs", "min_time_s", "max_runs", "max_time_s", "target_sample_s")
 UNAUTHORIZED_MESSAGE = "missing or wrong pairing token: send the header 'Authorization: Bearer <token>'"
 MANIFEST = "manifest.json"

@@ -6,7 +6,7 @@ The transport is adb-shell (see :mod:`fbprof.devices.adb_link`). Two runners mea
   ``--benchmark-binary PATH`` (pushed) or that is already on the phone; backend ``litert``
   (.tflite models). See :mod:`fbprof.devices.adb_benchmark`.
 * ``python``: for devices with Python (Termux, Linux boards): fbprof pushes its measuring loop
-  (fbprof/profiler/loop.py) and a small runner, and runs ONNX Runtime or LiteRT there with the same
+  (fbprof/loop.py) and a small runner, and runs ONNX Runtime or LiteRT there with the same
   loop as the local device; the output comes back and is checked against torch.
 
 Models are pushed in batches under ``remote_dir``. Before each row the thermal gate reads the
@@ -32,10 +32,12 @@ import numpy as np
 
 from fbprof.devices.adb_benchmark import benchmark_command, parse_benchmark_output, run_stats
 from fbprof.devices.adb_link import AdbLink, Timeouts, default_key_path, ensure_key
-from fbprof.devices.base import Artifact, Device, DeviceResult
+from fbprof.artifact import Artifact
+from fbprof.backends import get_backend
+from fbprof.devices.base import Device, DeviceResult
 from fbprof.devices.profiles import coerce_setting
 from fbprof.errors import DeviceError, InputError, MeasurementError
-from fbprof.profiler.loop import Attempt, LoopConfig, Measurement, Stats, measure_attempts
+from fbprof.loop import Attempt, LoopConfig, Measurement, Stats, measure_attempts
 
 __all__ = ["AdbSettings", "AdbDevice", "SETTINGS", "RUNNERS", "from_profile", "parse_settings"]
 
@@ -192,13 +194,15 @@ class AdbDevice(Device):
     def _setup_python(self, backend: str) -> None:
         from importlib import resources
 
+        pkg = resources.files("fbprof")
+        files = [(pkg / "backends" / f"{backend}.py", f"fbprof_backend_{backend}.py")]
         if not any(b in self._setup_done for b in RUNNERS["python"]):
-            loop_src = resources.files("fbprof") / "profiler" / "loop.py"
-            runner_src = resources.files("fbprof") / "devices" / "adb_remote_runner.py"
-            for src, name in ((loop_src, "fbprof_loop.py"), (runner_src, "fbprof_runner.py")):
-                local = self._tmp / name
-                local.write_bytes(src.read_bytes())
-                self.link.push(local, self._rpath(name), f"pushing {name}")
+            files = [(pkg / "loop.py", "fbprof_loop.py"), (pkg / "devices" / "adb_remote_runner.py", "fbprof_runner.py"),
+                     *files]
+        for src, name in files:
+            local = self._tmp / name
+            local.write_bytes(src.read_bytes())
+            self.link.push(local, self._rpath(name), f"pushing {name}")
         cmd = f"{_q(self.s.python)} {_q(self._rpath('fbprof_runner.py'))} version {_q(backend)} 2>&1"
         out, rc = self.link.shell(cmd, "checking the device's Python", self._run_timeouts(0.0))  # imports take time
         info = _result_line(out)
@@ -283,8 +287,7 @@ class AdbDevice(Device):
             "cpu_model": f"{board} ({abi})" if abi else board,
             "runtime": self._runtime.get(backend, "unknown"),
             "affinity": f"taskset {self.s.affinity}" if self.s.affinity else "not pinned",
-            "denormals": "session.set_denormal_as_zero=1" if (self.s.runner == "python" and backend == "onnxruntime")
-            else "runtime default",
+            "denormals": get_backend(backend).denormals if self.s.runner == "python" else "runtime default",
             "os": (f"Android {android} (SDK {p('ro.build.version.sdk')})" if android else "no Android properties")
                   + (f"; {uname}" if uname else ""),
             "governor": gov,

@@ -23,7 +23,7 @@ import shlex
 from dataclasses import dataclass
 
 from fbprof.errors import MeasurementError
-from fbprof.profiler.loop import LoopConfig, Stats, judge
+from fbprof.loop import LoopConfig, Stats, judge
 
 __all__ = ["BenchmarkRun", "parse_benchmark_output", "benchmark_command", "run_stats", "judge_run"]
 

@@ -1,9 +1,9 @@
 """The runner that fbprof pushes to a device with Python (Termux, a Linux board reached over ADB).
 
-It is copied next to ``fbprof_loop.py`` (a copy of fbprof/profiler/loop.py) and run there; it needs
-only the standard library, numpy and the runtime it measures (onnxruntime or ai_edge_litert). On the
-host, the local device imports :func:`open_onnxruntime` from it, so ONNX Runtime is set up identically
-on this computer and on a device.
+It is copied next to ``fbprof_loop.py`` (a copy of fbprof/loop.py) and ``fbprof_backend_<name>.py``
+(a copy of the backend's module in fbprof/backends/) and run there; it needs only the standard library,
+numpy and the runtime it measures (onnxruntime or ai_edge_litert). The backend module is the one the
+local device uses, so a runtime is set up identically on this computer and on a device.
 
     python3 fbprof_runner.py version BACKEND
     python3 fbprof_runner.py measure BACKEND MODEL INPUT_NPY OUTPUT_NPY THREADS CONFIG_JSON
@@ -22,59 +22,32 @@ import sys
 import traceback
 
 
-def _loop():
+def _here(name: str):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import fbprof_loop
+    import importlib
 
-    return fbprof_loop
-
-
-def open_onnxruntime(model: str, x, threads: int):
-    """A callable that runs ``model`` on ``x`` with fbprof's ONNX Runtime settings (1 inter-op thread,
-    sequential, all graph optimisations, denormals as zero, no spinning when single-threaded)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.set_denormal_as_zero", "1")
-    if threads == 1:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    feed = {sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
-    return lambda: sess.run(None, feed)[0]
+    return importlib.import_module(name)
 
 
-def _litert(model: str, x, threads: int):
-    import numpy as np
-
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # an older device install
-        from tflite_runtime.interpreter import Interpreter
-    it = Interpreter(model_path=model, num_threads=threads)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]
-    out = it.get_output_details()[0]
-    it.set_tensor(inp["index"], np.ascontiguousarray(x, dtype=inp["dtype"]).reshape(inp["shape"]))
-
-    def run():
-        it.invoke()
-        return it.get_tensor(out["index"])
-
-    return run
+def _loop():
+    return _here("fbprof_loop")
 
 
-RUNTIMES = {"onnxruntime": (open_onnxruntime, "onnxruntime"), "litert": (_litert, "ai_edge_litert")}
+def _backend(backend: str):
+    """The backend module pushed beside this runner (fbprof/backends/<backend>.py)."""
+    if backend not in PUSHED_BACKENDS:
+        raise ValueError(f"the python runner runs {', '.join(PUSHED_BACKENDS)}, not {backend!r}")
+    return _here(f"fbprof_backend_{backend}")
+
+
+#: backends whose module (standard library at import time) is pushed beside the runner
+PUSHED_BACKENDS = ("onnxruntime", "litert")
 
 
 def version(backend: str) -> dict:
     import importlib
 
-    module = RUNTIMES[backend][1]
+    module = _backend(backend).SPEC["runtime_module"]
     try:
         mod = importlib.import_module(module)
         v = getattr(mod, "__version__", "unknown")
@@ -96,11 +69,14 @@ def measure(backend: str, model: str, input_npy: str, output_npy: str, threads: 
     loop = _loop()
     cfg = loop.LoopConfig.from_dict(json.loads(config))
     x = np.load(input_npy, allow_pickle=False)
-    fn = RUNTIMES[backend][0](model, x, threads)
-    y = np.asarray(fn())
-    np.save(output_npy, y, allow_pickle=False)
-    retries: list[list[float]] = []
-    m = loop.measure(fn, cfg, on_retry=lambda attempt, cv: retries.append([attempt, cv]))
+    session = _backend(backend).open_session(model, x, threads)
+    try:
+        y = np.asarray(session.run())
+        np.save(output_npy, y, allow_pickle=False)
+        retries: list[list[float]] = []
+        m = loop.measure(session.run, cfg, on_retry=lambda attempt, cv: retries.append([attempt, cv]))
+    finally:
+        session.close()
     from dataclasses import asdict
 
     return {"stats": asdict(m.stats), "status": m.status, "attempts": m.attempts, "loop_s": m.loop_s,

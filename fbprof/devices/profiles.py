@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fbprof.devices.base import Device, backend_info
+from fbprof.backends import get_backend
+from fbprof.devices.base import Device
 from fbprof.errors import FileFormatError, InputError
 from fbprof.space import read_data_file
 
@@ -27,7 +28,7 @@ __all__ = ["coerce_setting", "DeviceProfile", "TRANSPORTS", "ADDRESS_PREFIXES", 
 TRANSPORTS: dict[str, str] = {
     "local": "fbprof.devices.local:from_profile",
     "adb": "fbprof.devices.adb:from_profile",
-    "companion": "fbprof.devices.companion:from_profile",
+    "companion": "fbprof.devices.companion_client:from_profile",
 }
 #: address prefix in --device -> (transport, generic profile)
 ADDRESS_PREFIXES: dict[str, tuple[str, str]] = {"adb": ("adb", "android"), "ios": ("companion", "ios")}
@@ -110,7 +111,7 @@ def _decode(data: Any, path: str) -> DeviceProfile:
                         f"(known: {', '.join(TRANSPORTS)})")
     if isinstance(data.get("backend"), str):
         try:
-            backend_info(data["backend"])
+            get_backend(data["backend"])
         except InputError as e:
             problems.append(f"{path}:{lines.get('backend', 1)}: {e.message}")
     threads = data.get("threads", 1)

@@ -208,11 +208,6 @@ def parse_calibration(value: str, where: str) -> LinearCalibration:
     return LinearCalibration(model, float(icpt), {g: float(scales[g]) for g in want}, info=info)
 
 
-def _header_line(lut: Lut, name: str) -> int:
-    """Line number of a header field (line 1 is the magic line; fields follow in file order)."""
-    return 2 + list(lut.header).index(name)
-
-
 def calibration_of(lut: Lut) -> LinearCalibration | None:
     """The LUT's calibration, or None when it has none or when its rows changed since it was fitted.
 
@@ -221,7 +216,7 @@ def calibration_of(lut: Lut) -> LinearCalibration | None:
     value = lut.header.get(HEADER_FIELD)
     if value is None:
         return None
-    cal = parse_calibration(value, f"{lut.path}:{_header_line(lut, HEADER_FIELD)}")
+    cal = parse_calibration(value, lut.where(HEADER_FIELD))
     if cal.info.get("rows_digest") != rows_digest(lut.rows):
         return None  # fitted on other numbers: stale (documented in docs/lut-format.md)
     cal.lut = lut

@@ -24,8 +24,9 @@ from typing import Iterable
 
 from fbprof.errors import FileFormatError, InputError, LutCoverageError
 from fbprof.fileio import atomic_write_text
-from fbprof.profiler.loop import STATUSES, Stats
+from fbprof.loop import STATUSES, LoopConfig, Stats
 from fbprof.spec import OpSpec
+from fbprof.space import Space, SpaceTag, parse_space_tags
 
 __all__ = ["SCHEMA_VERSION", "COLUMNS", "HEADER_ORDER", "IDENTITY_FIELDS", "LutRow", "Lut", "read_lut", "write_lut",
            "format_lut", "Journal"]
@@ -79,9 +80,57 @@ class Lut:
     path: str
     header: dict[str, str]
     rows: dict[str, LutRow]
+    header_lines: dict[str, int] = field(default_factory=dict, compare=False)  # field -> line number
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    # -- header readers: each structured field has one parser, used everywhere -------------------
+    def where(self, name: str) -> str:
+        """``path:line`` of a header field (the file when it has no line, e.g. a LUT built in memory)."""
+        line = self.header_lines.get(name)
+        return f"{self.path}:{line}" if line else f"{self.path}"
+
+    def _field_error(self, name: str, reason: str, hint: str | None = None) -> FileFormatError:
+        return FileFormatError(self.path, [f"{self.where(name)}: header {name}: {reason}"], hint=hint)
+
+    def space_tags(self) -> list[SpaceTag]:
+        """The spaces the LUT was measured for (``spaces`` field), strictly parsed."""
+        try:
+            return parse_space_tags(self.header.get("spaces", ""), self.where("spaces"))
+        except InputError as e:
+            raise FileFormatError(self.path, [e.message]) from None
+
+    def space(self) -> Space:
+        """The single space named in the header, resolved (an error when it names none or several)."""
+        tags = self.space_tags()
+        if len(tags) != 1:
+            raise InputError(f"{self.where('spaces')}: header names {len(tags)} spaces "
+                             f"({', '.join(map(str, tags)) or 'none'})",
+                             hint="choose one with --space (and --resolution/--width)")
+        return tags[0].load()
+
+    def loop_config(self) -> LoopConfig:
+        """The measuring loop's settings (``loop`` field; defaults where the field is absent)."""
+        try:
+            return LoopConfig.parse(self.header.get("loop", ""), f"{self.where('loop')}: header loop")
+        except ValueError as e:
+            raise FileFormatError(self.path, [str(e)]) from None
+
+    def threads(self) -> int:
+        text = self.header.get("threads", "")
+        if not text.isdigit() or not 1 <= int(text) <= 4096:
+            raise self._field_error("threads", f"{text[:40]!r} is not a thread count (1..4096)")
+        return int(text)
+
+    def backend(self) -> str:
+        return self.header.get("backend", "")
+
+    def calibration(self):
+        """The stored calibration (``calibration`` field), or None; see :mod:`fbprof.lut.calibration`."""
+        from fbprof.lut.calibration import calibration_of
+
+        return calibration_of(self)
 
     def missing(self, specs: Iterable[OpSpec]) -> list[str]:
         return sorted({s.key for s in specs if not s.is_identity and s.key not in self.rows})
@@ -206,6 +255,7 @@ def parse_lut_text(text: str, path: str) -> Lut:
             raise FileFormatError(path, [f"{path}:1: unsupported LUT schema {lines[0][2:]!r} (this fbprof reads v{SCHEMA_VERSION})"])
         raise FileFormatError(path, [f"{path}:1: not an fbprof LUT (first line must be {MAGIC!r})"])
     header: dict[str, str] = {}
+    header_lines: dict[str, int] = {}
     i = 1
     while i < len(lines) and lines[i].startswith("#"):
         body = lines[i][1:].strip()
@@ -216,6 +266,7 @@ def parse_lut_text(text: str, path: str) -> Lut:
             problems.append(f"{path}:{i + 1}: header field {name.strip()!r} given twice")
         else:
             header[name.strip()] = value.strip()
+            header_lines[name.strip()] = i + 1
         i += 1
     for req in REQUIRED_HEADER:
         if req not in header:
@@ -257,7 +308,7 @@ def parse_lut_text(text: str, path: str) -> Lut:
         rows[row.key] = row
     if problems:
         raise FileFormatError(path, problems)
-    return Lut(path, header, rows)
+    return Lut(path, header, rows, header_lines)
 
 
 def read_lut(path: str | Path) -> Lut:

@@ -158,19 +158,8 @@ class SearchResult:
 
 # --------------------------------------------------------------------------------------------------
 def lut_spaces(lut: Lut) -> list[tuple[str, int, float]]:
-    """(name, resolution, width) of every ``name@RES/wW`` entry in the LUT header's ``spaces``."""
-    out = []
-    for item in lut.header.get("spaces", "").split(","):
-        item = item.strip()
-        name, sep, rest = item.partition("@")
-        if not sep:
-            continue
-        res, _, wid = rest.partition("/w")
-        try:
-            out.append((name, int(res), float(wid or 1.0)))
-        except ValueError:
-            continue
-    return out
+    """(name, resolution, width) of every space in the LUT header's ``spaces`` (strictly parsed)."""
+    return [(t.name, t.resolution, t.width) for t in lut.space_tags()]
 
 
 def resolve_lut_space(lut: Lut, space: str | None, resolution: int | None, width: float | None) -> Space:

@@ -32,7 +32,7 @@ from torch import nn
 
 from fbprof.errors import InputError
 from fbprof.lut.table import Lut
-from fbprof.profiler.ops import InvertedResidual, build_op
+from fbprof.build import InvertedResidual, build_op
 from fbprof.space import Space, decode_space
 
 __all__ = [

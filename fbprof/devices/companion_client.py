@@ -6,7 +6,7 @@ protocol from Python. See docs/companion-protocol.md.
 
 Per row the device checks the companion's thermal state (and waits while it is too hot), uploads the
 zipped artifact with its input, asks for a run with the loop's settings, turns the returned timings
-into :class:`~fbprof.profiler.loop.Stats` judged by the same rules as every device (minimum count,
+into :class:`~fbprof.loop.Stats` judged by the same rules as every device (minimum count,
 CV threshold, re-measure after a pause, then *unstable*), checks the returned output against torch's,
 and deletes the model. Network failures are retried with back-off; when the companion stays away
 the run stops with a :class:`~fbprof.errors.DeviceError`, finished rows kept for the resume.
@@ -24,10 +24,12 @@ import httpx
 
 from fbprof.companion.protocol import (API, COMPUTE_UNITS, DEFAULT_PORT, PROTOCOL, SERVICE_TYPE,
                                        THERMAL_STATES, Limits, decode_array, model_name, pack_model)
-from fbprof.devices.base import BACKENDS, Artifact, Device, DeviceResult, backend_info
+from fbprof.artifact import Artifact
+from fbprof.backends import BACKENDS, get_backend
+from fbprof.devices.base import Device, DeviceResult
 from fbprof.devices.profiles import coerce_setting
 from fbprof.errors import DeviceError, InputError, MeasurementError, MissingExtraError
-from fbprof.profiler.loop import Attempt, LoopConfig, Stats, measure_attempts
+from fbprof.loop import Attempt, LoopConfig, Stats, measure_attempts
 
 __all__ = ["CompanionSettings", "CompanionClient", "CompanionDevice", "CompanionError", "from_profile", "discover",
            "parse_address", "TOKEN_ENV"]
@@ -230,7 +232,7 @@ class CompanionDevice(Device):
 
     # -- Device ----------------------------------------------------------------------------------
     def fingerprint(self, backend: str, threads: int) -> dict[str, str]:
-        rt = self.runtimes.get(backend_info(backend).format, {})
+        rt = self.runtimes.get(get_backend(backend).format, {})
         model = str(self.info.get("model", "unknown"))
         return {
             "device": self.name,
@@ -247,7 +249,7 @@ class CompanionDevice(Device):
 
     def check_backend(self, backend: str) -> None:
         super().check_backend(backend)
-        units = self.runtimes[backend_info(backend).format].get("compute_units") or []
+        units = self.runtimes[get_backend(backend).format].get("compute_units") or []
         if self.settings.compute_units not in units:
             raise InputError(f"compute units {self.settings.compute_units!r} are not available for {backend} on "
                              f"{self.name} at {self.address} (available: {', '.join(map(str, units)) or 'none'})",
@@ -293,7 +295,7 @@ class CompanionDevice(Device):
     def measure(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int,
                 on_retry: Callable[[int, float], None] | None = None) -> DeviceResult:
         self.check_backend(backend)
-        fmt = backend_info(backend).format
+        fmt = get_backend(backend).format
         if artifact.format != fmt:
             raise MeasurementError(f"{artifact.key}: artifact is {artifact.format}, backend {backend} runs {fmt}")
         name = model_name(artifact.key)
@@ -333,7 +335,7 @@ class CompanionDevice(Device):
 
     def _measure_uploaded(self, name: str, data: bytes, key: str, cfg: LoopConfig,
                           on_retry: Callable[[int, float], None] | None) -> DeviceResult:
-        """The shared loop's rules over the companion's runs (fbprof.profiler.loop.measure_attempts)."""
+        """The shared loop's rules over the companion's runs (fbprof.loop.measure_attempts)."""
         state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0}
 
         def attempt() -> Attempt:

@@ -9,24 +9,26 @@ sorted, when the run ends, is interrupted or fails, so at most the row in flight
 from __future__ import annotations
 
 import time
-from importlib import metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from fbprof import __version__
-from fbprof.devices.base import Artifact, Device, backend_info
+from fbprof.artifact import Artifact, check_output
+from fbprof.backends import get_backend
+from fbprof.backends.base import dist_version
+from fbprof.backends.cache import ArtifactCache
+from fbprof.devices.base import Device
 from fbprof.errors import InputError, MeasurementError
+from fbprof.loop import INVALID, STATUSES, LoopConfig
 from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, read_lut, write_lut
-from fbprof.profiler.export import ArtifactCache, export_ops
-from fbprof.profiler.loop import INVALID, LoopConfig, STATUSES
+from fbprof.profiler.export import export_ops
+from fbprof.space import SpaceTag, format_space_tags
 from fbprof.spec import OpSpec
 
 #: recorded in LUT headers: how the measured ops' activations were made realistic (see profiler/ops.py)
 ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
 
-__all__ = ["Listener", "MeasureRequest", "MeasureSummary", "measure_lut", "check_output", "build_header"]
+__all__ = ["Listener", "MeasureRequest", "MeasureSummary", "measure_lut", "build_header"]
 
 
 class Listener:
@@ -50,7 +52,7 @@ class MeasureRequest:
     backend: str
     threads: int = 1
     loop: LoopConfig = field(default_factory=LoopConfig)
-    spaces: list[str] = field(default_factory=list)  # e.g. ["fbnet@224/w1.0"]
+    spaces: list[SpaceTag] = field(default_factory=list)  # the spaces the ops come from (header "spaces")
     remeasure: bool = False
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     export_workers: int = 1
@@ -73,43 +75,16 @@ class MeasureSummary:
     notes: list[str] = field(default_factory=list)
 
 
-def check_output(expected: np.ndarray, got: np.ndarray | None, atol: float = 1e-3) -> str | None:
-    """None when the runtime's output matches torch's; else the reason."""
-    if got is None:
-        return None
-    got = np.asarray(got)
-    if got.shape != expected.shape:
-        if got.size == expected.size:
-            got = got.reshape(expected.shape)
-        else:
-            return f"output shape {tuple(got.shape)} != torch {tuple(expected.shape)}"
-    if not np.all(np.isfinite(got)):
-        return "output has NaN or inf"
-    scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
-    err = float(np.max(np.abs(got.astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
-    if err > atol * scale:
-        return f"output differs from torch: max abs error {err:.3g} > {atol * scale:.3g}"
-    return None
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "missing"
-
-
 def build_header(req: MeasureRequest) -> dict[str, str]:
-    info = backend_info(req.backend)
     h = {
         "backend": req.backend,
-        "format": info.format,
+        "format": get_backend(req.backend).format,
         "threads": str(req.threads),
-        "spaces": ", ".join(sorted(set(req.spaces))) or "-",
+        "spaces": format_space_tags(req.spaces),
         "units": "microseconds per inference, batch 1, float32",
         "activations": ACTIVATIONS_NOTE,
         "loop": req.loop.describe(),
-        "torch": _version("torch"),
+        "torch": dist_version("torch"),
         "fbprof": __version__,
     }
     if req.command:
@@ -127,7 +102,7 @@ def _check_identity(old: dict[str, str], new: dict[str, str], where: str) -> Non
         )
 
 
-def _row_from(key: str, result, expected: np.ndarray, atol: float, env: dict[str, str]) -> LutRow:
+def _row_from(key: str, result, expected, atol: float, env: dict[str, str]) -> LutRow:
     m = result.measurement
     status, notes = m.status, list(m.notes)
     problem = check_output(expected, result.output, atol)
@@ -154,8 +129,7 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
         existing = read_lut(out)
         _check_identity(existing.header, header, str(out))
         rows.update(existing.rows)
-        old_spaces = [s.strip() for s in existing.header.get("spaces", "").split(",") if s.strip() and s.strip() != "-"]
-        header["spaces"] = ", ".join(sorted(set(old_spaces) | set(req.spaces)))
+        header["spaces"] = format_space_tags([*existing.space_tags(), *req.spaces])
     journal = Journal(out)
     if journal.exists():
         jh, jrows, jnotes = journal.read()
@@ -184,7 +158,7 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
     try:
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
-        artifacts = export_ops(todo, backend_info(req.backend).format, req.cache, req.export_options,
+        artifacts = export_ops(todo, get_backend(req.backend).format, req.cache, req.export_options,
                                workers=req.export_workers, on_done=lis.on_export_done)
         export_s = time.perf_counter() - t0
         req.device.prepare([artifacts[s.key] for s in todo if isinstance(artifacts[s.key], Artifact)])

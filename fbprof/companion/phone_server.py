@@ -3,7 +3,7 @@
 It speaks exactly the protocol of docs/companion-protocol.md, with the same token check and limits as
 the Swift app. On macOS it runs Core ML packages through coremltools' ``predict``; everywhere it runs
 ONNX models with ONNX Runtime (the runtime the local device uses). Its timings come from
-:func:`fbprof.profiler.loop.run_loop`, the loop every fbprof device measures with.
+:func:`fbprof.loop.run_loop`, the loop every fbprof device measures with.
 
 Standard library HTTP (``ThreadingHTTPServer``); one measurement runs at a time.
 """
@@ -56,33 +56,25 @@ def available_formats() -> tuple[str, ...]:
     return tuple(out)
 
 
-class _OnnxSession:
-    def __init__(self, model: Path, x: np.ndarray, threads: int) -> None:
-        from fbprof.devices.base import Artifact
-        from fbprof.devices.local import LocalDevice
+def _runtime_name(fmt: str) -> str:
+    """What ``info`` and each run report as the runtime of ``fmt`` here."""
+    if fmt == "mlpackage":
+        import coremltools
 
-        art = Artifact(model.name, "onnx", model, x, np.zeros(0, np.float32))
-        self.session = LocalDevice(pin=False).open_session(art, "onnxruntime", threads)
-        import onnxruntime
+        return f"Core ML via coremltools {coremltools.__version__}"
+    import onnxruntime
 
-        self.runtime = f"ONNX Runtime {onnxruntime.__version__}"
-
-    def run(self) -> np.ndarray:
-        return self.session.run()
+    return f"ONNX Runtime {onnxruntime.__version__}"
 
 
-class _CoreMLSession:  # macOS only: coremltools cannot predict elsewhere
-    def __init__(self, model: Path, x: np.ndarray, units: str) -> None:
-        import coremltools as ct
+def _open_session(fmt: str, model: Path, x: np.ndarray, threads: int, units: str):
+    """A runtime session through the backend that runs ``fmt`` (the same code the local device uses)."""
+    from fbprof.backends import backend_for_format
+    from fbprof.backends import coreml
 
-        cu = {"cpuOnly": ct.ComputeUnit.CPU_ONLY, "cpuAndGPU": ct.ComputeUnit.CPU_AND_GPU,
-              "cpuAndNeuralEngine": ct.ComputeUnit.CPU_AND_NE, "all": ct.ComputeUnit.ALL}[units]
-        self.model = ct.models.MLModel(str(model), compute_units=cu)
-        self.feed = {self.model.get_spec().description.input[0].name: x}
-        self.runtime = f"Core ML via coremltools {ct.__version__}"
-
-    def run(self) -> np.ndarray:
-        return np.asarray(next(iter(self.model.predict(self.feed).values())))
+    if fmt == "mlpackage":
+        return coreml.open_session(str(model), x, threads, units)
+    return backend_for_format(fmt).module.open_session(str(model), x, threads)
 
 
 @dataclass
@@ -185,18 +177,7 @@ class CompanionServer:
         return hmac.compare_digest(given.strip().encode(), self.token.encode())
 
     def runtimes(self) -> list[dict[str, Any]]:
-        out = []
-        for fmt in self.formats:
-            if fmt == "mlpackage":
-                import coremltools
-
-                runtime = f"Core ML via coremltools {coremltools.__version__}"
-            else:
-                import onnxruntime
-
-                runtime = f"ONNX Runtime {onnxruntime.__version__}"
-            out.append({"format": fmt, "runtime": runtime, "compute_units": list(_UNITS[fmt])})
-        return out
+        return [{"format": fmt, "runtime": _runtime_name(fmt), "compute_units": list(_UNITS[fmt])} for fmt in self.formats]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -250,7 +231,7 @@ class CompanionServer:
         return {"deleted": name}
 
     def _loop_config(self, req: dict[str, Any]):
-        from fbprof.profiler.loop import LoopConfig
+        from fbprof.loop import LoopConfig
 
         defaults = LoopConfig()
         values: dict[str, Any] = {}
@@ -275,7 +256,7 @@ class CompanionServer:
             raise ProtocolError(400, "bad_request", str(e)) from None
 
     def run(self, name: str, req: dict[str, Any]) -> dict[str, Any]:
-        from fbprof.profiler.loop import run_loop
+        from fbprof.loop import run_loop
 
         units = req.get("compute_units", "all")
         if units not in COMPUTE_UNITS:
@@ -297,8 +278,7 @@ class CompanionServer:
                 session = m.sessions.get(units)
                 if session is None:
                     x = m.input()
-                    session = (_CoreMLSession(m.path(), x, units) if m.format == "mlpackage"
-                               else _OnnxSession(m.path(), x, self.threads))
+                    session = _open_session(m.format, m.path(), x, self.threads, units)
                     m.sessions[units] = session
                 load_s = time.perf_counter() - t0
                 output = np.asarray(session.run())
@@ -310,7 +290,7 @@ class CompanionServer:
         body: dict[str, Any] = {
             "model": name,
             "compute_units": units,
-            "runtime": session.runtime,
+            "runtime": _runtime_name(m.format),
             "timings_us": [s * 1e6 for s in res.samples],
             "repeats": res.repeats,
             "capped": res.capped,

@@ -50,7 +50,36 @@ class LoopConfig:
             raise ValueError("warmup_runs, retries and target_sample_s must be >= 0")
 
     def describe(self) -> str:
+        """The LUT header's ``loop`` field (the one writer; :meth:`parse` is the one reader)."""
         return ";".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+
+    @classmethod
+    def parse(cls, text: str, where: str = "loop") -> "LoopConfig":
+        """Read :meth:`describe`'s text strictly: every part must be ``name=number`` with a known name;
+        fields left out keep their defaults. Raises ValueError naming ``where`` and the bad part."""
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict = {}
+        for part in (p.strip() for p in text.split(";")):
+            if not part:
+                continue
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in kinds:
+                raise ValueError(f"{where}: {part!r} is not NAME=VALUE with a known loop setting "
+                                 f"({', '.join(kinds)})")
+            if name in values:
+                raise ValueError(f"{where}: {name} given twice")
+            try:
+                v = int(value) if kinds[name] in (int, "int") else float(value)
+            except ValueError:
+                raise ValueError(f"{where}: {part!r} is not a number") from None
+            if not math.isfinite(v):
+                raise ValueError(f"{where}: {part!r} is not finite")
+            values[name] = v
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)

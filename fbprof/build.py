@@ -20,6 +20,10 @@ from fbprof.spec import OpSpec
 __all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for"]
 
 
+#: bump when this module changes what a key builds, so cached artifacts are rebuilt
+BUILDER_VERSION = "1"
+
+
 def seed_for(key: str) -> int:
     return zlib.crc32(key.encode()) & 0x7FFFFFFF
 

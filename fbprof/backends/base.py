@@ -1,0 +1,159 @@
+"""What a backend is: one runtime format (its exporter, its local session, its version, its denormal
+policy, its file suffix and aliases), described by one module of this package.
+
+Every backend module follows one shape, standard library only at import time (the ones a phone's Python
+runs are pushed there as single files):
+
+- ``SPEC``: a dict with ``name``, ``format``, ``suffix``, ``aliases``, ``extra``, ``runtime_module``,
+  ``converter_module``, ``denormals``, ``description`` and ``local`` (whether this computer can run it);
+- ``export(module, example, path, options) -> layout`` (``"nchw"`` or ``"nhwc"``);
+- ``open_session(model_path, input, threads) -> session`` with ``run() -> ndarray`` (feeds ``input``) and
+  ``close()`` (gives back any process-wide state the session changed).
+
+:class:`Backend` wraps such a module for the rest of fbprof; :mod:`fbprof.backends` keeps the registry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from types import ModuleType
+from typing import Any, Callable, Iterator, Protocol
+
+from fbprof.errors import MeasurementError, MissingExtraError
+
+__all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env"]
+
+
+class Session(Protocol):
+    def run(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+@functools.lru_cache(maxsize=None)
+def dist_version(top_module: str) -> str:
+    """Installed version of the distribution that provides ``top_module`` (memoised per process)."""
+    for dist in (top_module, top_module.replace("_", "-")):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    dists = metadata.packages_distributions().get(top_module)
+    if dists:
+        try:
+            return metadata.version(dists[0])
+        except metadata.PackageNotFoundError:
+            pass
+    return "missing"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    format: str
+    suffix: str
+    aliases: tuple[str, ...]
+    extra: str | None  # pip extra that provides the runtime and converter
+    runtime_module: str  # module the local runtime needs
+    converter_module: str  # module the exporter needs
+    denormals: str  # how the runtime avoids denormal slowdowns (recorded in LUT headers)
+    description: str
+    local: bool  # a local runtime exists on this kind of computer
+    module: ModuleType = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, module: ModuleType) -> "Backend":
+        s = module.SPEC
+        return cls(s["name"], s["format"], s["suffix"], tuple(s.get("aliases", ())), s.get("extra"), s["runtime_module"],
+                   s["converter_module"], s["denormals"], s["description"], bool(s.get("local", True)), module)
+
+    # -- export ------------------------------------------------------------------------------------
+    def converter_version(self) -> str:
+        """The converter's installed version, read from package metadata (importing converters is slow and
+        noisy). ``missing`` when it is not installed."""
+        return dist_version(self.converter_module.split(".")[0])
+
+    def exporter(self) -> Callable[..., str]:
+        """``export(module, example, path, options) -> layout``; a missing converter names the pip extra."""
+        try:
+            importlib.import_module(self.converter_module)
+        except ImportError:
+            raise MissingExtraError(f"exporting to {self.format}", self.extra or "all", self.converter_module) from None
+        return self.module.export
+
+    # -- local runtime -----------------------------------------------------------------------------
+    def runtime_version(self) -> str:
+        """``"<module> <version>"`` of the local runtime (``missing`` when it is not installed)."""
+        try:
+            mod = importlib.import_module(self.runtime_module)
+        except ImportError:
+            return "missing"
+        version = getattr(mod, "__version__", None)
+        if version is None:  # e.g. executorch keeps it in the distribution metadata
+            try:
+                version = metadata.version(self.runtime_module.split(".")[0])
+            except metadata.PackageNotFoundError:
+                version = "unknown"
+        return f"{self.runtime_module} {version}"
+
+    def open(self, artifact, threads: int) -> Session:
+        """A session that runs ``artifact`` (its own input) on this computer with ``threads`` threads."""
+        if not self.local:
+            raise MeasurementError(f"{artifact.key}: backend {self.name} has no runtime on this computer ({self.description})")
+        try:
+            importlib.import_module(self.runtime_module)
+        except ImportError:
+            raise MissingExtraError(f"backend {self.name}", self.extra or "all", self.runtime_module) from None
+        try:
+            return self.module.open_session(str(artifact.path), artifact.input, int(threads))
+        except MissingExtraError:
+            raise
+        except Exception as e:
+            raise MeasurementError(f"{artifact.key}: {self.name} could not load {os.path.basename(str(artifact.path))}: "
+                                   f"{type(e).__name__}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence converters' chatter (warnings, logging, stdout) around one export."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "torch.export", "onnxscript", "absl")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+@contextlib.contextmanager
+def silent() -> Iterator[None]:
+    """quiet() plus stderr: converters draw their own progress bars."""
+    with quiet(), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+@contextlib.contextmanager
+def temporary_env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of one conversion, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -1,0 +1,138 @@
+"""Planning a verify run: which networks (seeded random ones and the published FBNet-A/B/C), which
+split each belongs to (calibration or held-out), and the LUT's backend, threads and loop."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fbprof.backends import get_backend
+from fbprof.backends.cache import ArtifactCache
+from fbprof.devices.base import Device
+from fbprof.errors import InputError
+from fbprof.loop import LoopConfig
+from fbprof.lut.predict import require_space
+from fbprof.lut.table import Lut, read_lut
+from fbprof.space import Arch, Space, load_arch
+
+__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "published_archs", "plan_verify",
+           "PUBLISHED", "CALIBRATION", "HELD_OUT"]
+
+PUBLISHED = ("fbnet-a", "fbnet-b", "fbnet-c")
+CALIBRATION, HELD_OUT = "calibration", "held-out"
+
+
+class VerifyListener:
+    """Progress events of :func:`run_verify`. Every method is optional."""
+
+    def on_plan(self, plan: "VerifyPlan") -> None: ...
+    def on_export_start(self, count: int) -> None: ...
+    def on_export_done(self, name: str) -> None: ...
+    def on_measure_start(self, total: int) -> None: ...
+    def on_measure_done(self, name: str, round_index: int, median_us: float) -> None: ...
+    def on_note(self, message: str) -> None: ...
+
+
+@dataclass
+class VerifyRequest:
+    lut_path: Path
+    device: Device
+    backend: str | None = None  # must match the LUT's backend when given
+    space: Space | None = None  # default: the LUT header's single space
+    samples: int = 100
+    seed: int = 0
+    rounds: int = 3
+    loop: LoopConfig | None = None  # default: the LUT header's loop
+    calibrate: bool = True  # fit a calibration on the calibration split
+    store: bool = True  # write the fitted calibration into the LUT header
+    calib_fraction: float = 0.3
+    noise_repeats: int = 6
+    published: bool = True
+    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    export_workers: int = 1
+    export_options: dict = field(default_factory=dict)
+    check_atol: float = 1e-3
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise InputError("--samples must be >= 0")
+        if self.rounds < 1:
+            raise InputError("--rounds must be >= 1")
+        if self.noise_repeats < 0:
+            raise InputError("--noise-repeats must be >= 0")
+        if not 0.0 < self.calib_fraction < 1.0:
+            raise InputError(f"calibration fraction must be between 0 and 1, got {self.calib_fraction}")
+
+
+@dataclass
+class VerifyPlan:
+    lut: Lut
+    space: Space
+    backend: str
+    format: str
+    threads: int
+    loop: LoopConfig
+    archs: list[Arch]
+    kinds: dict[str, str]  # name -> random | published
+    splits: dict[str, str]  # name -> calibration | held-out
+    noise_arch: str | None
+
+
+def sample_archs(space: Space, n: int, seed: int, prefix: str = "rand") -> list[Arch]:
+    """``n`` distinct architectures, every layer's block drawn uniformly from its candidates (seeded)."""
+    rng = random.Random(seed)
+    out: list[Arch] = []
+    seen: set[tuple[str, ...]] = set()
+    tries = 0
+    while len(out) < n:
+        blocks = tuple(rng.choice(layer.candidates) for layer in space.layers)
+        tries += 1
+        if blocks in seen:
+            if tries > 100 * (n + 10):
+                raise InputError(f"space {space.name} has fewer than {n} distinct architectures")
+            continue
+        seen.add(blocks)
+        out.append(space.arch(blocks, name=f"{prefix}-{len(out):03d}"))
+    return out
+
+
+def published_archs(space: Space) -> list[Arch]:
+    """FBNet-A/B/C at the space's resolution and width, when ``space`` is the FBNet space."""
+    if space.name != "fbnet":
+        return []
+    out = []
+    for name in PUBLISHED:
+        a = load_arch(name, space.resolution, space.width)
+        if a.space.layers == space.layers and a.space.stem == space.stem:
+            out.append(space.arch(a.blocks, a.head_channels, name=a.name))
+    return out
+
+
+def plan_verify(req: VerifyRequest) -> VerifyPlan:
+    lut = read_lut(req.lut_path)
+    backend = lut.header["backend"]
+    if req.backend is not None and req.backend != backend:
+        raise InputError(f"{req.lut_path} was measured with backend {backend!r}, not {req.backend!r}",
+                         hint="verify a LUT with the backend it was measured with (leave out --backend)")
+    info = get_backend(backend)
+    fmt = lut.header.get("format") or info.format
+    threads = lut.threads()
+    space = req.space or lut.space()
+    require_space(lut, space)
+    loop = req.loop or lut.loop_config()
+    archs = sample_archs(space, req.samples, req.seed)
+    pub = published_archs(space) if req.published else []
+    kinds = {a.name: "random" for a in archs} | {a.name: "published" for a in pub}
+    # calibration split: a seeded share of the random archs; everything else is held out
+    order = [a.name for a in archs]
+    random.Random(f"split-{req.seed}").shuffle(order)
+    k = round(req.calib_fraction * len(order)) if req.calibrate else 0
+    calib = set(order[:k])
+    splits = {a.name: CALIBRATION if a.name in calib else HELD_OUT for a in archs + pub}
+    all_archs = archs + pub
+    noise = None
+    if req.noise_repeats and all_archs:
+        noise = "fbnet-c" if "fbnet-c" in kinds else all_archs[0].name
+    return VerifyPlan(lut, space, backend, fmt, threads, loop, all_archs, kinds, splits, noise)
