@@ -88,9 +88,17 @@ def verify(
     out: Path = typer.Option(Path("verify"), "--out", "-o", help="report folder (verify.csv, summary.json, verify.png, COMMAND.txt)"),
     profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
     option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
+    breakdown: list[str] = typer.Option([], "--breakdown", help="ARCH (name or file, repeatable): per-layer in-context "
+                                        "costs beside the LUT rows, measured from the network's prefixes, instead of "
+                                        "random networks; writes breakdown.csv/.json/.png into --out"),
+    breakdown_worst: int = typer.Option(0, "--breakdown-worst", min=0, help="with --breakdown mode: also the N held-out "
+                                        "random networks the raw LUT sum missed most in --out/verify.csv (an earlier run)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Measure random whole networks end to end and compare them with the LUT's predictions."""
+    """Measure random whole networks end to end and compare them with the LUT's predictions.
+
+    With --breakdown ARCH: measure every prefix of ARCH (stem .. layer k) interleaved and set each layer's
+    in-context cost (the difference of consecutive prefixes) beside its isolated LUT row."""
     from dataclasses import replace
 
     from fbprof.devices.profiles import load_profiles, open_device, resolve_device
@@ -131,6 +139,14 @@ def verify(
     if min_time is not None:
         args += ["--min-time", f"{min_time:g}"]
     args += ["--out", str(out)]
+    if breakdown or breakdown_worst:
+        args = args[: args.index("--samples")] + [a for x in breakdown for a in ("--breakdown", x)]
+        if breakdown_worst:
+            args += ["--breakdown-worst", str(breakdown_worst)]
+        args += ["--seed", str(seed), "--rounds", str(rounds), "--out", str(out)]
+        _breakdown(lut, prof, address, opts, sp, breakdown, breakdown_worst, rounds, seed, loop, cache_dir, workers, out,
+                   shlex.join(args), quiet)
+        return
     cmd = shlex.join(args)
     listener = _Progress(quiet)
     with open_device(prof, address, opts) as dev:
@@ -168,6 +184,58 @@ def verify(
         err_console.print(f"[red]failed[/] {n}: {why}")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     if result.failed:
+        raise typer.Exit(1)
+
+
+def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, cache_dir, workers, out, cmd, quiet) -> None:
+    from rich.table import Table
+
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.profiles import open_device
+    from fbprof.fileio import atomic_write_text
+    from fbprof.lut.table import read_lut
+    from fbprof.space import load_arch
+    from fbprof.verify.breakdown import BreakdownRequest, run_breakdown, worst_from_report, write_breakdown
+
+    table = read_lut(lut)
+    space = sp or table.space()
+    archs = [load_arch(n, space.resolution, space.width) for n in names]
+    archs = [space.arch(a.blocks, a.head_channels, name=a.name) for a in archs]  # in the LUT's space
+    if worst:
+        archs += worst_from_report(Path(out) / "verify.csv", space, worst)
+    listener = _Progress(quiet)
+    listener.progress.start()
+    with open_device(prof, address, opts) as dev:
+        req = BreakdownRequest(lut, dev, archs, rounds=rounds, seed=seed, loop=loop, cache=ArtifactCache(cache_dir),
+                               export_workers=workers)
+        try:
+            result = run_breakdown(req, listener)
+        finally:
+            listener.stop()
+    h = table.header
+    paths = write_breakdown(result, out, title=f"{h.get('device', '?')} / {h.get('backend', '?')}: {lut}",
+                            extra={"command": cmd, "lut": str(lut), "rounds": rounds, "seed": seed})
+    atomic_write_text(Path(out) / "BREAKDOWN_COMMAND.txt", cmd + "\n")
+    failed = False
+    for b in result:
+        t = Table("#", "layer", "op key", "LUT µs", "isolated µs", "in context µs", "ratio", title=b.arch.name)
+        for c in b.layers:
+            t.add_row(str(c.index), c.layer, c.key, f"{c.isolated_us:.1f}",
+                      "-" if c.isolated_now_us is None else f"{c.isolated_now_us:.1f}",
+                      "-" if c.in_context_us is None else f"{c.in_context_us:.1f}",
+                      "-" if c.ratio is None else f"{c.ratio:.2f}")
+        console.print(t)
+        e2e = b.end_to_end_us
+        if e2e:
+            now = b.isolated_now_sum_us
+            console.print(f"{b.arch.name}: end to end {e2e:.1f} µs; isolated LUT sum {b.isolated_sum_us:.1f} µs "
+                          f"({100 * (b.isolated_sum_us - e2e) / e2e:+.1f}%)"
+                          + ("" if now is None else f"; isolated sum this run {now:.1f} µs ({100 * (now - e2e) / e2e:+.1f}%)"))
+        for n, why in sorted(b.failed.items()):
+            failed = True
+            err_console.print(f"[red]failed[/] {n}: {why}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if failed:
         raise typer.Exit(1)
 
 

@@ -1,0 +1,302 @@
+"""Per-layer, in-context costs of whole networks: where a LUT's sum and the network part ways.
+
+For an architecture with ops ``o_1 … o_n`` (stem, searched layers, head, pool, FC), prefix ``P_k`` is the
+network's first ``k`` ops, with the same weights and BatchNorm statistics as the whole network (BN is
+calibrated on the whole network, then the prefix takes its first ``k`` modules). Every prefix is a valid
+network: it takes the image and returns the feature map of op ``k``. Prefixes are exported like the LUT's
+ops and measured on the device interleaved (every round visits every prefix of every architecture once,
+in a fresh seeded order; a prefix's latency is the median of its round medians). Op ``k``'s in-context
+cost is ``T(P_k) - T(P_{k-1})`` (``T(P_0) = 0``: the first op carries the per-inference overhead of the
+runtime), set beside its isolated LUT row.
+
+What a difference includes, honestly: the op's own kernels as they run inside the graph (layouts,
+fusions, caches as the network leaves them) and the change in reading out the network's output from
+``P_{k-1}``'s tensor to ``P_k``'s. The in-context costs add up to ``T(P_n)``, the whole network, by
+construction; the information is in the per-layer ratios in-context / isolated.
+
+Nothing here prints; progress goes to a :class:`~fbprof.verify.plan.VerifyListener`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from fbprof.artifact import Artifact
+from fbprof.backends import get_backend
+from fbprof.backends.cache import ArtifactCache, ExportJob, export_jobs, export_module
+from fbprof.devices.base import Device
+from fbprof.errors import InputError, MeasurementError
+from fbprof.fileio import atomic_write_bytes, atomic_write_text
+from fbprof.loop import LoopConfig
+from fbprof.lut.table import Lut, read_lut
+from fbprof.profiler.export import arch_key, export_ops
+from fbprof.space import Arch, load_space
+from fbprof.verify.measure import measure_interleaved
+from fbprof.verify.plan import VerifyListener
+
+__all__ = ["BreakdownRequest", "LayerCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
+           "BREAKDOWN_COLUMNS", "BREAKDOWN_FILES"]
+
+BREAKDOWN_COLUMNS = ("arch", "index", "layer", "key", "isolated_us", "isolated_now_us", "in_context_us", "ratio",
+                     "prefix_us", "prefix_spread_pct")
+BREAKDOWN_FILES = {"csv": "breakdown.csv", "plot": "breakdown.png"}
+
+
+@dataclass
+class BreakdownRequest:
+    lut_path: Path
+    device: Device
+    archs: list[Arch]
+    rounds: int = 5
+    seed: int = 0
+    loop: LoopConfig | None = None  # default: the LUT header's loop
+    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    export_workers: int = 1
+    export_options: dict = field(default_factory=dict)
+    check_atol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise InputError("--rounds must be >= 1")
+        if not self.archs:
+            raise InputError("--breakdown needs at least one architecture")
+
+
+@dataclass
+class LayerCost:
+    index: int  # 1-based position in the network
+    layer: str  # stem, L01.., head, pool, fc
+    key: str  # the op's LUT key
+    isolated_us: float  # the LUT row (0 for an identity skip)
+    isolated_now_us: float | None  # the same op alone, measured in this run's rounds (0 for an identity skip)
+    in_context_us: float | None  # T(P_k) - T(P_k-1)
+    prefix_us: float | None  # T(P_k)
+    prefix_spread_pct: float | None  # spread of P_k's round medians
+
+    @property
+    def ratio(self) -> float | None:
+        """In context over isolated, both measured in this run (the LUT row when the op was not re-measured)."""
+        base = self.isolated_now_us if self.isolated_now_us is not None else self.isolated_us
+        if self.in_context_us is None or base <= 0:
+            return None
+        return self.in_context_us / base
+
+
+@dataclass
+class Breakdown:
+    arch: Arch
+    layers: list[LayerCost]
+    failed: dict[str, str]
+
+    @property
+    def end_to_end_us(self) -> float | None:
+        return self.layers[-1].prefix_us if self.layers else None
+
+    @property
+    def isolated_sum_us(self) -> float:
+        return sum(c.isolated_us for c in self.layers)
+
+    @property
+    def isolated_now_sum_us(self) -> float | None:
+        vals = [c.isolated_now_us for c in self.layers]
+        return None if any(v is None for v in vals) else sum(vals)
+
+    @property
+    def in_context_sum_us(self) -> float | None:
+        vals = [c.in_context_us for c in self.layers]
+        return None if any(v is None for v in vals) else sum(vals)
+
+
+# ------------------------------------------------------------------------------------------------
+def prefix_artifact(arch: Arch, k: int, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
+    """The first ``k`` ops of ``arch`` as one network (weights and BN of the whole network), from the cache or
+    freshly exported."""
+    import torch
+    from torch import nn
+
+    from fbprof.build import build_arch, example_input, seed_for
+
+    n = len(arch.ops())
+    if not 1 <= k <= n:
+        raise InputError(f"{arch.name}: prefix {k} out of range 1..{n}")
+    options = dict(options or {})
+    key = f"prefix{k}:{arch_key(arch)}"
+    hit = cache.get(key, fmt, options)
+    if hit is not None:
+        return hit
+    net = build_arch(arch)
+    prefix = nn.Sequential(*list(net.layers)[:k]).eval()
+    s = arch.space
+    example = example_input((1, s.in_channels, s.resolution, s.resolution), seed=seed_for(arch.name))
+    with torch.no_grad():
+        return export_module(prefix, example, key, fmt, cache.folder(key, fmt, options), options)
+
+
+def _prefix_worker(space_source: str, resolution: int, width: float, blocks: list[str], head: int, name: str, k: int,
+                   fmt: str, root: str, options: dict) -> None:
+    space = load_space(space_source, resolution, width)
+    prefix_artifact(space.arch(blocks, head, name=name), k, fmt, ArtifactCache(root), options)
+
+
+def _name(arch: Arch, k: int) -> str:
+    return f"{arch.name}/{k:02d}"
+
+
+def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None) -> list[Breakdown]:
+    """Export every prefix of every architecture, measure them interleaved, and difference them."""
+    lis = listener or VerifyListener()
+    lut: Lut = read_lut(req.lut_path)
+    backend = lut.backend()
+    req.device.check_backend(backend)
+    fmt = lut.header.get("format") or get_backend(backend).format
+    threads = lut.threads()
+    loop = req.loop or lut.loop_config()
+    for a in req.archs:
+        lut.require([s for _, s in a.ops()], f"architecture {a.name}")
+    jobs = [ExportJob(_name(a, k), f"prefix{k}:{arch_key(a)}", _prefix_worker,
+                      (a.space.source, a.space.resolution, a.space.width, list(a.blocks), a.head_channels, a.name, k))
+            for a in req.archs for k in range(1, len(a.ops()) + 1)]
+    specs = sorted({s for a in req.archs for _, s in a.ops() if not s.is_identity}, key=lambda s: s.key)
+    lis.on_export_start(len(jobs) + len(specs))
+    exported = export_jobs(jobs, fmt, req.cache, req.export_options, req.export_workers, lis.on_export_done)
+    # the isolated ops, measured again in the same rounds: ratios from one run, not from the LUT's day
+    exported |= {f"op:{k}": v for k, v in export_ops(specs, fmt, req.cache, req.export_options, req.export_workers,
+                                                     lis.on_export_done).items()}
+    failed = {n: a.message for n, a in exported.items() if isinstance(a, MeasurementError)}
+    for n, why in failed.items():
+        lis.on_note(f"{n}: {why}")
+    artifacts = {n: a for n, a in exported.items() if isinstance(a, Artifact)}
+    per, _, mfailed, notes = measure_interleaved(req.device, backend, threads, loop, artifacts, req.rounds, req.seed,
+                                                 None, 0, req.check_atol, lis)
+    failed.update(mfailed)
+    for n, ns in notes.items():
+        if any(x.startswith("output") for x in ns):
+            failed[n] = "; ".join(ns)
+    out = []
+    for a in req.archs:
+        costs: list[LayerCost] = []
+        prev: float | None = 0.0
+        for k, (layer, spec) in enumerate(a.ops(), start=1):
+            name = _name(a, k)
+            rounds = per.get(name) or []
+            t = statistics.median(rounds) if rounds and name not in failed else None
+            spread = (100 * (max(rounds) - min(rounds)) / t) if t and len(rounds) > 1 else None
+            diff = None if t is None or prev is None else t - prev
+            alone = per.get(f"op:{spec.key}") or []
+            now = 0.0 if spec.is_identity else (statistics.median(alone) if alone and f"op:{spec.key}" not in failed else None)
+            costs.append(LayerCost(k, layer, spec.key, lut.latency_us(spec), now, diff, t, spread))
+            prev = t
+        out.append(Breakdown(a, costs, {n: w for n, w in failed.items() if n.startswith(a.name + "/")}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+def _f(v: float | None, digits: int = 3) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def format_breakdown_csv(breakdowns: Sequence[Breakdown]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(BREAKDOWN_COLUMNS)
+    for b in breakdowns:
+        for c in b.layers:
+            w.writerow([b.arch.name, c.index, c.layer, c.key, _f(c.isolated_us), _f(c.isolated_now_us),
+                        _f(c.in_context_us), _f(c.ratio, 4), _f(c.prefix_us), _f(c.prefix_spread_pct, 2)])
+    return buf.getvalue()
+
+
+def breakdown_summary(breakdowns: Sequence[Breakdown]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for b in breakdowns:
+        e2e, iso, now = b.end_to_end_us, b.isolated_sum_us, b.isolated_now_sum_us
+        out[b.arch.name] = {
+            "end_to_end_us": None if e2e is None else round(e2e, 3),
+            "isolated_sum_us": round(iso, 3),
+            "isolated_sum_error_pct": None if not e2e else round(100 * (iso - e2e) / e2e, 3),
+            "isolated_now_sum_us": None if now is None else round(now, 3),
+            "isolated_now_sum_error_pct": None if not e2e or now is None else round(100 * (now - e2e) / e2e, 3),
+            "in_context_sum_us": None if b.in_context_sum_us is None else round(b.in_context_sum_us, 3),
+            "largest_gaps_us": [
+                {"layer": c.layer, "key": c.key, "isolated_us": round(c.isolated_us, 3),
+                 "isolated_now_us": round(c.isolated_now_us, 3), "in_context_us": round(c.in_context_us, 3),
+                 "gap_us": round(c.in_context_us - c.isolated_now_us, 3)}
+                for c in sorted((c for c in b.layers if c.in_context_us is not None and c.isolated_now_us is not None),
+                                key=lambda c: -abs(c.in_context_us - c.isolated_now_us))[:5]
+            ],
+            "failed": b.failed,
+        }
+    return out
+
+
+def plot_breakdown(breakdowns: Sequence[Breakdown], title: str = "") -> bytes:
+    """Per layer: isolated LUT row beside the in-context cost, one panel per architecture."""
+    from matplotlib.figure import Figure
+
+    n = len(breakdowns)
+    fig = Figure(figsize=(13, 3.6 * n + 0.6), dpi=100)
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, b in zip(axes, breakdowns):
+        xs = list(range(len(b.layers)))
+        iso = [c.isolated_us / 1000 for c in b.layers]
+        now = [(c.isolated_now_us or 0.0) / 1000 for c in b.layers]
+        ctx = [(c.in_context_us or 0.0) / 1000 for c in b.layers]
+        ax.bar([x - 0.27 for x in xs], iso, width=0.27, color="tab:blue", label="isolated (LUT row)")
+        ax.bar(xs, now, width=0.27, color="tab:cyan", label="isolated (this run)")
+        ax.bar([x + 0.27 for x in xs], ctx, width=0.27, color="tab:orange", label="in context (prefix difference)")
+        ax.axhline(0, color="black", lw=0.6)
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{c.layer}\n{c.key.split(':')[0]}" for c in b.layers], fontsize=6)
+        e2e, now = b.end_to_end_us, b.isolated_now_sum_us
+        err = "" if not e2e else f", LUT sum {100 * (b.isolated_sum_us - e2e) / e2e:+.1f}% vs end to end"
+        if e2e and now is not None:
+            err += f", this run's isolated sum {100 * (now - e2e) / e2e:+.1f}%"
+        ax.set_title(f"{b.arch.name}: end to end {(e2e or 0) / 1000:.3f} ms, isolated sum "
+                     f"{b.isolated_sum_us / 1000:.3f} ms{err}", fontsize=9)
+        ax.set_ylabel("ms")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(alpha=0.3, axis="y")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_breakdown(breakdowns: Sequence[Breakdown], out_dir: str | Path, title: str = "",
+                    extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """breakdown.csv, breakdown.json (summary) and breakdown.png into ``out_dir`` (atomically)."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {k: out / v for k, v in BREAKDOWN_FILES.items()} | {"summary": out / "breakdown.json"}
+    atomic_write_text(paths["csv"], format_breakdown_csv(breakdowns))
+    atomic_write_text(paths["summary"], json.dumps({**(extra or {}), "archs": breakdown_summary(breakdowns)}, indent=1) + "\n")
+    atomic_write_bytes(paths["plot"], plot_breakdown(breakdowns, title))
+    return paths
+
+
+def worst_from_report(report_csv: str | Path, space, n: int) -> list[Arch]:
+    """The ``n`` held-out random networks of a verify report (``verify.csv``) whose raw LUT sum missed most,
+    rebuilt in ``space`` (the LUT's)."""
+    p = Path(report_csv)
+    try:
+        rows = list(csv.DictReader(io.StringIO(p.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"{p}: cannot read the verify report: {e}") from None
+    picked = []
+    for i, r in enumerate(rows, start=2):
+        try:
+            if r["kind"] == "random" and r["split"] == "held-out" and r["error_pct"]:
+                picked.append((abs(float(r["error_pct"])), r["arch"], r["blocks"].split(), int(r["head_channels"]), i))
+        except (KeyError, ValueError, AttributeError):
+            raise InputError(f"{p}:{i}: not a verify.csv row (arch, kind, split, error_pct, blocks, head_channels)") from None
+    picked.sort(key=lambda t: -t[0])
+    return [space.arch(blocks, head, name=name) for _, name, blocks, head, _ in picked[:n]]
