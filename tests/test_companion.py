@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from fbprof.companion.protocol import (UNAUTHORIZED_MESSAGE, Limits, ProtocolError, model_name, pack_model,
-                                       unpack_model, valid_name)
-from fbprof.companion.server import CompanionServer
+from fbprof.companion.protocol import (LOCKOUT_FAILURES, UNAUTHORIZED_MESSAGE, Limits, ProtocolError, model_name,
+                                       pack_model, unpack_model, valid_name)
+from fbprof.companion.server import CompanionServer, Lockout
 from fbprof.devices.base import Artifact
 from fbprof.devices.companion import (CompanionClient, CompanionDevice, CompanionSettings, from_profile,
                                       parse_address)
@@ -27,7 +27,7 @@ from fbprof.profiler.loop import INVALID, OK, UNSTABLE, LoopConfig
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "companion"
 SWIFT = REPO / "devices" / "ios"
-TOKEN = "test-token-123"
+TOKEN = "test-token-123456"
 SHAPE = [1, 8, 16, 16]
 LOOP = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,
                   retry_pause_s=0.0, target_sample_s=0.0002)
@@ -263,6 +263,9 @@ def test_reference_companion_answers_like_the_fixtures(server, artifact):
         if key == "error_too_many_models":
             for i in range(3):
                 c.put(f"/v1/models/fill{i}", content=zip_of(good_entries(artifact)))
+        if key == "error_too_many_attempts":  # ten wrong tokens in a row lock the companion
+            for _ in range(LOCKOUT_FAILURES):
+                assert http(server, "wrong-token-1234567").get("/v1/info").status_code == 401
         if key == "error_run_failed":  # a model ONNX Runtime cannot load
             bad = good_entries(artifact) | {"model.onnx": b"not an onnx model"}
             assert c.put(f"/v1/models/{name}", content=zip_of(bad)).status_code == 201
@@ -278,6 +281,10 @@ def test_reference_companion_answers_like_the_fixtures(server, artifact):
             if key == "run":
                 assert got["output"]["data"] and got["timings_us"]
             assert shape_of(got) == shape_of(want["body"]), key
+        if key == "error_too_many_attempts":
+            assert r.headers["retry-after"] == want["headers"]["Retry-After"]
+            assert got == want["body"]
+            server.lockout = Lockout()  # the lock-out passed
         if key == "error_run_failed":
             c.delete(f"/v1/models/{name}")
         if key == "error_too_many_models":

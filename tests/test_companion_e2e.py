@@ -25,7 +25,7 @@ from fbprof.profiler.loop import INVALID, LoopConfig
 from fbprof.profiler.session import Listener, MeasureRequest, measure_lut
 from fbprof.space import load_space
 
-TOKEN = "e2e-token-456"
+TOKEN = "e2e-token-4567890"
 LOOP = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,
                   retry_pause_s=0.0, target_sample_s=0.0005)
 
