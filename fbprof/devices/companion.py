@@ -14,6 +14,7 @@ the run stops with a :class:`~fbprof.errors.DeviceError`, finished rows kept for
 
 from __future__ import annotations
 
+import json as _json
 import math
 import os
 import time
@@ -138,6 +139,8 @@ class CompanionClient:
                                       timeout=timeout or self.settings.timeout_s)
             except httpx.TransportError as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if json is not None or content:
+                    self._explain_reset(method, path, what, json, content)
                 continue
             if r.status_code in (502, 503, 504):
                 problem = f"HTTP {r.status_code}"
@@ -149,6 +152,23 @@ class CompanionClient:
             hint="is the app open on the phone and on the same network? finished rows are saved: "
                  "run the same command again to resume",
         )
+
+    def _explain_reset(self, method: str, path: str, what: str, json_body: Any, content: bytes | None) -> None:
+        """A request with a body failed on the network. A companion that refuses a request from its head
+        (401, 429, 413) answers and closes with the body unread, and the client may then see only a reset
+        and lose the answer. Ask ``GET /info`` (no body) once: it raises the refusal the companion gave
+        (a wrong token, a lock-out) or, when the body is over the companion's limit, that 413."""
+        try:
+            r = self.http.request("GET", "/info", timeout=self.settings.timeout_s)
+        except httpx.TransportError:
+            return  # the companion is gone: retry as for any network failure
+        info = self._decode(r, what)  # raises the 401 or 429 that the lost answer carried
+        limits = Limits.from_dict(info.get("limits") or {}) if isinstance(info.get("limits"), dict) else Limits()
+        size = len(content) if content else len(_json.dumps(json_body).encode())
+        limit = limits.max_upload_bytes if method == "PUT" else limits.max_json_bytes
+        if size > limit:
+            raise CompanionError(f"the companion at {self.address} refused {what} (413 too_large: request body of "
+                                 f"{size} bytes is over the limit of {limit} bytes)", 413, "too_large")
 
     def _decode(self, r: httpx.Response, what: str) -> dict[str, Any]:
         try:
@@ -165,6 +185,13 @@ class CompanionClient:
                 raise CompanionError(
                     f"the companion at {self.address} refused the pairing token (401: {message})", 401, code,
                     hint=f"pass the token the app shows with --token, or set {TOKEN_ENV}")
+            if r.status_code == 429:
+                wait = r.headers.get("Retry-After", "?")
+                raise CompanionError(
+                    f"the companion at {self.address} is locked after too many wrong pairing tokens (429 {code}: "
+                    f"{message}; Retry-After {wait} s)", 429, code,
+                    hint="someone tried wrong tokens (perhaps a wrong --token): wait, check the token the app shows, "
+                         "and run the same command again")
             raise CompanionError(f"the companion at {self.address} refused {what} ({r.status_code} {code}: {message})",
                                  r.status_code, code)
         return body
