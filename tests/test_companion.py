@@ -88,10 +88,17 @@ def good_entries(artifact: Artifact) -> dict:
             "model.onnx": artifact.path.read_bytes()}
 
 
-def shape_of(v):
+#: objects keyed by data (compute units), not by field names: their shape is "a map of strings"
+MAPS = ("compute_units_used",)
+
+
+def shape_of(v, key: str | None = None):
     """The structure of a JSON value: keys and value kinds, not values."""
+    if isinstance(v, dict) and key in MAPS:
+        assert all(isinstance(x, str) for x in v.values()), v
+        return "map of str"
     if isinstance(v, dict):
-        return {k: shape_of(x) for k, x in v.items()}
+        return {k: shape_of(x, k) for k, x in v.items()}
     if isinstance(v, list):
         kinds = [shape_of(x) for x in v]
         assert all(k == kinds[0] for k in kinds), f"mixed list {v!r}"
@@ -136,7 +143,9 @@ def test_token_from_environment(server, monkeypatch):
         assert dev.supported_backends == ("onnxruntime",)
         fp = dev.fingerprint("onnxruntime", 1)
         assert fp["device"] == "ios" and fp["runtime"].startswith("ONNX Runtime") and fp["compute_units"] == "all"
-        assert fp["runtime"].endswith(", compute units all")  # an identity field: units never mix in one LUT
+        # an identity field: units never mix in one LUT; ONNX Runtime's "all" is its CPU provider
+        assert fp["runtime"].endswith(", compute units all (runs as cpuOnly)")
+        assert fp["compute_units_used"] == "cpuOnly"
 
 
 def test_oversized_upload_is_refused_before_reading(server, artifact):
@@ -404,7 +413,7 @@ def test_measure_returns_stats_output_and_env(server, artifact):
     assert env == {"thermal": "unknown"}
     m = res.measurement
     assert m.status in (OK, UNSTABLE) and m.stats.n >= 5 and m.stats.median > 0 and m.attempts == 1
-    assert res.env == {"compute_units": "all", "thermal_after": "unknown"}
+    assert res.env == {"compute_units": "all", "compute_units_used": "cpuOnly", "thermal_after": "unknown"}
     assert np.array_equal(res.output, artifact.expected)
 
 

@@ -42,6 +42,8 @@ __all__ = ["CompanionServer", "Lockout", "available_formats", "new_token"]
 APP = "fbprof-companion"
 #: compute units each format's runtime can honour here ("all" = every unit the runtime has)
 _UNITS = {"mlpackage": COMPUTE_UNITS, "onnx": ("cpuOnly", "all")}
+#: what each runs on: ONNX Runtime here has only its CPU provider, so "all" is the CPU
+_UNITS_USED = {"mlpackage": {u: u for u in COMPUTE_UNITS}, "onnx": {"cpuOnly": "cpuOnly", "all": "cpuOnly"}}
 
 
 def new_token() -> str:
@@ -239,7 +241,8 @@ class CompanionServer:
                 import onnxruntime
 
                 runtime = f"ONNX Runtime {onnxruntime.__version__}"
-            out.append({"format": fmt, "runtime": runtime, "compute_units": list(_UNITS[fmt])})
+            out.append({"format": fmt, "runtime": runtime, "compute_units": list(_UNITS[fmt]),
+                        "compute_units_used": dict(_UNITS_USED[fmt])})
         return out
 
     def info(self) -> dict[str, Any]:
@@ -357,6 +360,7 @@ class CompanionServer:
         body: dict[str, Any] = {
             "model": name,
             "compute_units": units,
+            "compute_units_used": _UNITS_USED[m.format][units],
             "runtime": session.runtime,
             "timings_us": [s * 1e6 for s in res.samples],
             "repeats": res.repeats,

@@ -256,17 +256,29 @@ class CompanionDevice(Device):
         self.supported_backends = tuple(b.name for fmt in self.runtimes for b in BACKENDS.values() if b.format == fmt)
 
     # -- Device ----------------------------------------------------------------------------------
+    def units_used(self, backend: str) -> str:
+        """What the compute units asked for really run on, as the companion reports it (``compute_units_used``
+        in info; an iPhone X runs ``all`` on CPU and GPU: it has no Neural Engine for Core ML)."""
+        rt = self.runtimes.get(backend_info(backend).format, {})
+        used = rt.get("compute_units_used")
+        units = self.settings.compute_units
+        return str(used.get(units, units)) if isinstance(used, dict) else units
+
     def fingerprint(self, backend: str, threads: int) -> dict[str, str]:
         rt = self.runtimes.get(backend_info(backend).format, {})
         model = str(self.info.get("model", "unknown"))
+        units, used = self.settings.compute_units, self.units_used(backend)
         return {
             "device": self.name,
             "device_model": model,
             "cpu_model": model,
-            # compute units are part of the runtime: rows measured with other units cannot share a LUT
-            "runtime": f"{rt.get('runtime', 'unknown')}, compute units {self.settings.compute_units}",
+            # compute units are part of the runtime (what was asked and, where it differs, what ran):
+            # rows measured with other units cannot share a LUT
+            "runtime": f"{rt.get('runtime', 'unknown')}, compute units {units}"
+                       + (f" (runs as {used})" if used != units else ""),
             "os": f"{self.info.get('system', '?')} {self.info.get('system_version', '?')}",
-            "compute_units": self.settings.compute_units,
+            "compute_units": units,
+            "compute_units_used": used,
             "affinity": "chosen by the companion's runtime",
             "denormals": "companion runtime default",
             "companion": f"{self.info.get('app', '?')} {self.info.get('app_version', '?')} (protocol {PROTOCOL})",
@@ -361,7 +373,7 @@ class CompanionDevice(Device):
     def _measure_uploaded(self, name: str, data: bytes, key: str, cfg: LoopConfig,
                           on_retry: Callable[[int, float], None] | None) -> DeviceResult:
         """The shared loop's rules over the companion's runs (fbprof.profiler.loop.measure_attempts)."""
-        state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0}
+        state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0, "used": None}
 
         def attempt() -> Attempt:
             body = self.run_request(cfg, want_output=self.settings.check_output and state["attempts"] == 0)
@@ -371,6 +383,8 @@ class CompanionDevice(Device):
             state["attempts"] += 1
             samples, repeats, capped, elapsed = _run_timings(res, key)
             state["thermal_after"] = str(res.get("thermal_state", "unknown"))
+            if "compute_units_used" in res:  # what this run ran on (older companions do not say)
+                state["used"] = str(res["compute_units_used"])
             if "output" in res:
                 try:
                     state["output"] = decode_array(res["output"])
@@ -381,7 +395,10 @@ class CompanionDevice(Device):
 
         m = measure_attempts(attempt, cfg, self.sleep, on_retry)
         output, thermal_after = state["output"], state["thermal_after"]
-        return DeviceResult(m, output, {"compute_units": self.settings.compute_units, "thermal_after": thermal_after})
+        env = {"compute_units": self.settings.compute_units, "thermal_after": thermal_after}
+        if state["used"] is not None:
+            env["compute_units_used"] = state["used"]
+        return DeviceResult(m, output, env)
 
     def _forget(self, name: str) -> None:
         """Best effort, no retries: delete a model after a failure (the companion may be gone)."""
