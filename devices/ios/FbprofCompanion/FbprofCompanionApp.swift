@@ -46,12 +46,17 @@ final class CompanionState: ObservableObject {
         server?.stop()
         server = nil
         do {
-            let companion = try self.companion ?? Companion(token: token) { [weak self] line in
-                // a `let` copy: a `weak var` captured by the @Sendable Task closure does not compile on Xcode 15
-                let state = self
-                Task { @MainActor in state?.append(line) }
+            let companion: Companion
+            if let existing = self.companion {
+                companion = existing
+            } else {
+                companion = try Companion(token: token) { [weak self] line in
+                    // a `let` copy: a `weak var` captured by the @Sendable Task closure does not compile on Xcode 15
+                    let state = self
+                    Task { @MainActor in state?.append(line) }
+                }
+                self.companion = companion
             }
-            self.companion = companion
             let server = try HTTPServer(port: Wire.defaultPort, handler: companion)
             server.start { [weak self] listenerState in
                 let state = self
