@@ -417,3 +417,42 @@ def test_run_requests_out_of_bounds_are_400(server, conn, fields, message):
     assert conn.request("PUT", "/v1/models/m", body=zip_of(good_entries()))[0] == 201
     status, _, body = conn.request("POST", "/v1/models/m/run", body=json.dumps(fields).encode())
     assert status == 400 and body["error"] == "bad_request" and message in body["message"], body
+
+
+def test_a_shape_whose_product_overflows_64_bits_is_too_large_not_a_crash(server, conn):
+    entries = good_entries()
+    entries[0] = ("manifest.json", {**entries[0][1], "input": {"file": "input.bin", "dtype": "float32",
+                                                              "shape": [2 ** 62, 2 ** 62, 4]}})
+    status, _, body = conn.request("PUT", "/v1/models/m", body=zip_of(entries))
+    assert status == 413 and body["error"] == "too_large" and "elements (limit 16777216)" in body["message"], body
+
+
+# ------------------------------------------------------------------------------------------------ compute units
+def test_an_iphone_x_reports_what_its_compute_units_run_on_and_the_header_records_it(server, monkeypatch):
+    """The app's info on an A11 (the fixture): no cpuAndNeuralEngine, and all runs on CPU and GPU."""
+    from fbprof.devices.companion import CompanionDevice
+    from fbprof.errors import InputError as _InputError
+
+    iphone_x = json.loads((FIXTURES / "info.json").read_text())["response"]["body"]["runtimes"]
+    assert iphone_x[0]["compute_units_used"]["all"] == "cpuAndGPU"
+    monkeypatch.setattr(server, "runtimes", lambda: iphone_x)
+    with CompanionDevice("iphonex", server.address, TOKEN) as dev:
+        fp = dev.fingerprint("coreml", 1)
+        assert fp["runtime"] == "Core ML (iOS 16.7.8), compute units all (runs as cpuAndGPU)"
+        assert (fp["compute_units"], fp["compute_units_used"]) == ("all", "cpuAndGPU")
+    ane = CompanionSettings(compute_units="cpuAndNeuralEngine")
+    with CompanionDevice("iphonex", server.address, TOKEN, ane) as dev:
+        with pytest.raises(_InputError, match=r"compute units 'cpuAndNeuralEngine' are not available for coreml .*"
+                                              r"\(available: cpuOnly, cpuAndGPU, all\)"):
+            dev.check_backend("coreml")
+
+
+def test_the_reference_reports_that_onnx_runs_on_the_cpu(server, conn):
+    rt = conn.request("GET", "/v1/info")[2]["runtimes"]
+    assert rt == [{"format": "onnx", "runtime": rt[0]["runtime"], "compute_units": ["cpuOnly", "all"],
+                   "compute_units_used": {"cpuOnly": "cpuOnly", "all": "cpuOnly"}}]
+    assert conn.request("PUT", "/v1/models/m", body=zip_of(good_entries()))[0] == 201
+    req = {"compute_units": "all", "min_runs": 1, "warmup_runs": 0, "warmup_min_s": 0, "min_time_s": 0,
+           "target_sample_s": 0}
+    status, _, body = conn.request("POST", "/v1/models/m/run", body=json.dumps(req).encode())
+    assert status == 200 and (body["compute_units"], body["compute_units_used"]) == ("all", "cpuOnly")

@@ -162,10 +162,20 @@ class CompanionClient:
             r = self.http.request("GET", "/info", timeout=self.settings.timeout_s)
         except httpx.TransportError:
             return  # the companion is gone: retry as for any network failure
-        info = self._decode(r, what)  # raises the 401 or 429 that the lost answer carried
-        limits = Limits.from_dict(info.get("limits") or {}) if isinstance(info.get("limits"), dict) else Limits()
+        if r.status_code in (401, 429):
+            self._decode(r, what)  # raises the refusal that the lost answer carried
+        if r.status_code != 200:
+            return
+        try:
+            info = r.json()
+        except ValueError:
+            return
+        limits = info.get("limits") if isinstance(info, dict) else None
+        limit = (limits or {}).get("max_upload_bytes" if method == "PUT" else "max_json_bytes") \
+            if isinstance(limits, dict) else None
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return
         size = len(content) if content else len(_json.dumps(json_body).encode())
-        limit = limits.max_upload_bytes if method == "PUT" else limits.max_json_bytes
         if size > limit:
             raise CompanionError(f"the companion at {self.address} refused {what} (413 too_large: request body of "
                                  f"{size} bytes is over the limit of {limit} bytes)", 413, "too_large")
