@@ -48,7 +48,7 @@ LOCKOUT_FAILURES = 10
 LOCKOUT_BASE_S = 1.0
 LOCKOUT_MAX_S = 300.0
 MANIFEST = "manifest.json"
-_LENGTH_RE = re.compile(r"^[0-9]{1,18}$")
+_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_RANK = 8
 
@@ -97,7 +97,7 @@ def parse_content_length(values: list[str]) -> int | None:
     if not values:
         return None
     given = {v.strip() for v in values}
-    if len(given) != 1 or not _LENGTH_RE.match(next(iter(given))):
+    if len(given) != 1 or not _LENGTH_RE.fullmatch(next(iter(given))):
         shown = ", ".join(repr(v) for v in values)[:100]
         raise ProtocolError(400, "bad_request", f"Content-Length {shown} is not a number of bytes")
     return int(next(iter(given)))

@@ -23,6 +23,12 @@ final class Companion: HTTPHandler {
         self.log = log
         store = FileManager.default.temporaryDirectory.appendingPathComponent("models", isDirectory: true)
         try? FileManager.default.removeItem(at: store)  // models (and their compiled .mlmodelc) of an earlier run
+        // .mlmodelc folders that earlier versions of the app left in tmp, one per compile
+        let tmp = FileManager.default.temporaryDirectory
+        for url in (try? FileManager.default.contentsOfDirectory(at: tmp, includingPropertiesForKeys: nil)) ?? []
+        where url.pathExtension == "mlmodelc" {
+            try? FileManager.default.removeItem(at: url)
+        }
         try FileManager.default.createDirectory(at: store, withIntermediateDirectories: true)
     }
 
