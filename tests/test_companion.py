@@ -14,9 +14,9 @@ import httpx
 import numpy as np
 import pytest
 
-from fbprof.companion.protocol import (UNAUTHORIZED_MESSAGE, Limits, ProtocolError, model_name, pack_model,
-                                       unpack_model, valid_name)
-from fbprof.companion.phone_server import CompanionServer
+from fbprof.companion.protocol import (LOCKOUT_FAILURES, UNAUTHORIZED_MESSAGE, Limits, ProtocolError, model_name,
+                                       pack_model, unpack_model, valid_name)
+from fbprof.companion.phone_server import CompanionServer, Lockout
 from fbprof.artifact import Artifact
 from fbprof.devices.companion_client import (CompanionClient, CompanionDevice, CompanionSettings, from_profile,
                                       parse_address)
@@ -27,7 +27,7 @@ from fbprof.loop import INVALID, OK, UNSTABLE, LoopConfig
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "companion"
 SWIFT = REPO / "devices" / "ios"
-TOKEN = "test-token-123"
+TOKEN = "test-token-123456"
 SHAPE = [1, 8, 16, 16]
 LOOP = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,
                   retry_pause_s=0.0, target_sample_s=0.0002)
@@ -88,10 +88,17 @@ def good_entries(artifact: Artifact) -> dict:
             "model.onnx": artifact.path.read_bytes()}
 
 
-def shape_of(v):
+#: objects keyed by data (compute units), not by field names: their shape is "a map of strings"
+MAPS = ("compute_units_used",)
+
+
+def shape_of(v, key: str | None = None):
     """The structure of a JSON value: keys and value kinds, not values."""
+    if isinstance(v, dict) and key in MAPS:
+        assert all(isinstance(x, str) for x in v.values()), v
+        return "map of str"
     if isinstance(v, dict):
-        return {k: shape_of(x) for k, x in v.items()}
+        return {k: shape_of(x, k) for k, x in v.items()}
     if isinstance(v, list):
         kinds = [shape_of(x) for x in v]
         assert all(k == kinds[0] for k in kinds), f"mixed list {v!r}"
@@ -136,7 +143,9 @@ def test_token_from_environment(server, monkeypatch):
         assert dev.supported_backends == ("onnxruntime",)
         fp = dev.fingerprint("onnxruntime", 1)
         assert fp["device"] == "ios" and fp["runtime"].startswith("ONNX Runtime") and fp["compute_units"] == "all"
-        assert fp["runtime"].endswith(", compute units all")  # an identity field: units never mix in one LUT
+        # an identity field: units never mix in one LUT; ONNX Runtime's "all" is its CPU provider
+        assert fp["runtime"].endswith(", compute units all (runs as cpuOnly)")
+        assert fp["compute_units_used"] == "cpuOnly"
 
 
 def test_oversized_upload_is_refused_before_reading(server, artifact):
@@ -263,6 +272,9 @@ def test_reference_companion_answers_like_the_fixtures(server, artifact):
         if key == "error_too_many_models":
             for i in range(3):
                 c.put(f"/v1/models/fill{i}", content=zip_of(good_entries(artifact)))
+        if key == "error_too_many_attempts":  # ten wrong tokens in a row lock the companion
+            for _ in range(LOCKOUT_FAILURES):
+                assert http(server, "wrong-token-1234567").get("/v1/info").status_code == 401
         if key == "error_run_failed":  # a model ONNX Runtime cannot load
             bad = good_entries(artifact) | {"model.onnx": b"not an onnx model"}
             assert c.put(f"/v1/models/{name}", content=zip_of(bad)).status_code == 201
@@ -278,6 +290,10 @@ def test_reference_companion_answers_like_the_fixtures(server, artifact):
             if key == "run":
                 assert got["output"]["data"] and got["timings_us"]
             assert shape_of(got) == shape_of(want["body"]), key
+        if key == "error_too_many_attempts":
+            assert r.headers["retry-after"] == want["headers"]["Retry-After"]
+            assert got == want["body"]
+            server.lockout = Lockout()  # the lock-out passed
         if key == "error_run_failed":
             c.delete(f"/v1/models/{name}")
         if key == "error_too_many_models":
@@ -397,7 +413,7 @@ def test_measure_returns_stats_output_and_env(server, artifact):
     assert env == {"thermal": "unknown"}
     m = res.measurement
     assert m.status in (OK, UNSTABLE) and m.stats.n >= 5 and m.stats.median > 0 and m.attempts == 1
-    assert res.env == {"compute_units": "all", "thermal_after": "unknown"}
+    assert res.env == {"compute_units": "all", "compute_units_used": "cpuOnly", "thermal_after": "unknown"}
     assert np.array_equal(res.output, artifact.expected)
 
 

@@ -26,7 +26,7 @@ from fbprof.loop import INVALID, LoopConfig
 from fbprof.profiler.measure import Listener, MeasureRequest, measure_lut
 from fbprof.space import load_space
 
-TOKEN = "e2e-token-456"
+TOKEN = "e2e-token-4567890"
 LOOP = LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=5, min_time_s=0.0, max_time_s=5.0, retries=0,
                   retry_pause_s=0.0, target_sample_s=0.0005)
 
@@ -72,16 +72,28 @@ def test_measure_cli_builds_the_lut_through_the_companion(tiny, cache, tmp_path)
         forced = CliRunner().invoke(app, ["measure", "--device", f"ios:{srv.address}", "--token", TOKEN,
                                           "--backend", "coreml", "--space", "tiny", "--out", str(tmp_path / "c.csv")])
         assert forced.exit_code == 2 and "cannot run backend 'coreml'; it runs: onnxruntime" in forced.output
+        # the token given as --option (not --token) is accepted too, and kept out of the header's command
+        opt = CliRunner().invoke(app, ["measure", "--device", f"ios:{srv.address}", "--option", f"token={TOKEN}",
+                                       "--space", "tiny", "--out", str(tmp_path / "opt.csv"), "--min-runs", "5",
+                                       "--min-time", "0", "--warmup", "1", "--cache-dir", str(cache), "--quiet"])
+        assert opt.exit_code == 0, opt.output
         assert not srv.models  # every uploaded model was deleted
+    # the pairing token is a secret: no file that measuring wrote (LUTs, journals, the companion's store,
+    # the artifact cache) holds it
+    for folder in (tmp_path, cache):
+        holders = [p for p in folder.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()]
+        assert not holders, holders
     lut = read_lut(out)
     assert sorted(lut.rows) == keys
     h = lut.header
     assert (h["device"], h["backend"], h["format"], h["compute_units"]) == ("ios", "onnxruntime", "onnx", "all")
     assert h["runtime"].startswith("ONNX Runtime ") and h["companion"].startswith("fbprof-companion ")
+    assert h["compute_units_used"] == "cpuOnly"  # what ran: ONNX Runtime's CPU provider
     for row in lut.rows.values():
         assert row.status != INVALID, (row.key, row.note)  # outputs matched torch's, enough samples
         assert row.stats.n >= 5 and row.stats.median > 0
         assert "thermal=unknown" in row.env and "output not checked" not in row.note
+        assert "compute_units_used=cpuOnly" in row.env
 
 
 class _KillAfter(Listener):

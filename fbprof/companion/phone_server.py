@@ -5,7 +5,8 @@ the Swift app. On macOS it runs Core ML packages through coremltools' ``predict`
 ONNX models with ONNX Runtime (the runtime the local device uses). Its timings come from
 :func:`fbprof.loop.run_loop`, the loop every fbprof device measures with.
 
-Standard library HTTP (``ThreadingHTTPServer``); one measurement runs at a time.
+Standard library HTTP (``ThreadingHTTPServer``); one measurement runs at a time. Wrong tokens lock every
+request out for a while (:class:`Lockout`); the token lives in memory only.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import math
 import platform
 import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -30,20 +32,63 @@ from typing import Any, Callable
 import numpy as np
 
 from fbprof import __version__
-from fbprof.companion.protocol import (API, COMPUTE_UNITS, LOOP_FIELDS, PROTOCOL, UNAUTHORIZED_MESSAGE, Limits,
-                                       ProtocolError, encode_array, unpack_model, valid_name)
+from fbprof.companion.protocol import (API, COMPUTE_UNITS, LOCKOUT_BASE_S, LOCKOUT_FAILURES, LOCKOUT_MAX_S,
+                                       LOOP_FIELDS, MIN_TOKEN_CHARS, PROTOCOL, UNAUTHORIZED_MESSAGE, Limits,
+                                       ProtocolError, encode_array, parse_content_length, unpack_model, valid_name)
 from fbprof.errors import InputError
 
-__all__ = ["CompanionServer", "available_formats", "new_token"]
+__all__ = ["CompanionServer", "Lockout", "available_formats", "new_token"]
 
 APP = "fbprof-companion"
 #: compute units each format's runtime can honour here ("all" = every unit the runtime has)
 _UNITS = {"mlpackage": COMPUTE_UNITS, "onnx": ("cpuOnly", "all")}
+#: what each runs on: ONNX Runtime here has only its CPU provider, so "all" is the CPU
+_UNITS_USED = {"mlpackage": {u: u for u in COMPUTE_UNITS}, "onnx": {"cpuOnly": "cpuOnly", "all": "cpuOnly"}}
 
 
 def new_token() -> str:
-    """A pairing token: 16 random URL-safe characters."""
+    """A pairing token: 16 random URL-safe characters (96 bits from the OS's CSPRNG)."""
     return secrets.token_urlsafe(12)
+
+
+def check_token(token: str) -> None:
+    """A usable pairing token: at least MIN_TOKEN_CHARS printable ASCII characters without spaces."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS:
+        raise InputError(f"the pairing token must have at least {MIN_TOKEN_CHARS} characters",
+                         hint="leave --token out to get a new random one")
+    if not all("!" <= ch <= "~" for ch in token):
+        raise InputError("the pairing token must be printable ASCII without spaces")
+
+
+class Lockout:
+    """Back-off for wrong tokens: after ``failures`` wrong tokens in a row, every request is refused
+    (429, even with the right token) for ``base_s`` seconds, doubled at each further lock-out up to
+    ``max_s``. A request with the right token, outside a lock-out, resets it. ``clock``: seconds."""
+
+    def __init__(self, failures: int = LOCKOUT_FAILURES, base_s: float = LOCKOUT_BASE_S, max_s: float = LOCKOUT_MAX_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.failures, self.base_s, self.max_s, self.clock = failures, base_s, max_s, clock
+        self._wrong = 0  # wrong tokens since the last lock-out (or success)
+        self._lockouts = 0  # lock-outs since the last success
+        self._until = -math.inf
+        self._lock = threading.Lock()
+
+    def wait_s(self) -> float:
+        """Seconds left in the current lock-out (0: requests are heard)."""
+        with self._lock:
+            return max(0.0, self._until - self.clock())
+
+    def failed(self) -> None:
+        with self._lock:
+            self._wrong += 1
+            if self._wrong >= self.failures:
+                self._wrong = 0
+                self._lockouts += 1
+                self._until = self.clock() + min(self.max_s, self.base_s * 2 ** (self._lockouts - 1))
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._wrong = self._lockouts = 0
 
 
 def available_formats() -> tuple[str, ...]:
@@ -112,11 +157,12 @@ class CompanionServer:
         formats: tuple[str, ...] | None = None,
         log: Callable[[str], None] | None = None,
         store_dir: str | Path | None = None,
+        lockout: Lockout | None = None,
     ) -> None:
-        if not token or len(token) < 6:
-            raise InputError("the pairing token must have at least 6 characters")
-        self.token = token
+        check_token(token)
+        self.token = token  # in memory only: never logged, never written to the store
         self.limits = limits or Limits()
+        self.lockout = lockout or Lockout()
         self.threads = threads
         self.thermal = thermal or _thermal_unknown
         self.formats = available_formats() if formats is None else tuple(formats)
@@ -129,7 +175,7 @@ class CompanionServer:
         self._run_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         try:
-            self.httpd = ThreadingHTTPServer((host, port), _Handler)
+            self.httpd = _HTTPServer((host, port), _Handler)
         except OSError as e:
             shutil.rmtree(self.store, ignore_errors=True)
             raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -177,7 +223,8 @@ class CompanionServer:
         return hmac.compare_digest(given.strip().encode(), self.token.encode())
 
     def runtimes(self) -> list[dict[str, Any]]:
-        return [{"format": fmt, "runtime": _runtime_name(fmt), "compute_units": list(_UNITS[fmt])} for fmt in self.formats]
+        return [{"format": fmt, "runtime": _runtime_name(fmt), "compute_units": list(_UNITS[fmt]),
+                 "compute_units_used": dict(_UNITS_USED[fmt])} for fmt in self.formats]
 
     def info(self) -> dict[str, Any]:
         return {
@@ -250,6 +297,9 @@ class CompanionServer:
                                 f"warmup_runs {values['warmup_runs']} is over the limit {lim.max_warmup_runs}")
         if values["max_time_s"] > lim.max_time_s or values["warmup_min_s"] > lim.max_time_s:
             raise ProtocolError(400, "bad_request", f"max_time_s and warmup_min_s must be at most {lim.max_time_s}")
+        if values["target_sample_s"] > values["max_time_s"]:  # also keeps repeats = ceil(target / one) finite
+            raise ProtocolError(400, "bad_request", f"target_sample_s {values['target_sample_s']} is over max_time_s "
+                                                    f"{values['max_time_s']}")
         try:
             return LoopConfig(**values, retries=0)
         except ValueError as e:
@@ -290,6 +340,7 @@ class CompanionServer:
         body: dict[str, Any] = {
             "model": name,
             "compute_units": units,
+            "compute_units_used": _UNITS_USED[m.format][units],
             "runtime": _runtime_name(m.format),
             "timings_us": [s * 1e6 for s in res.samples],
             "repeats": res.repeats,
@@ -303,6 +354,19 @@ class CompanionServer:
         return body
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    # the listen backlog: socketserver's 5 makes a burst of clients wait for SYN retransmits (1, 3, 7 ... 31 s);
+    # the kernel caps it at its own maximum (net.core.somaxconn)
+    request_queue_size = max(1024, socket.SOMAXCONN)
+    daemon_threads = True
+
+
+#: an error answered before the body was read: read and drop up to this many body bytes before closing, so
+#: the client can finish sending and read the answer (closing on unread bytes resets the connection)
+_DRAIN_MAX_BYTES = 64 << 20
+_DRAIN_TIMEOUT_S = 10.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"{APP}/{PROTOCOL}"
@@ -313,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.companion  # type: ignore[attr-defined]
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        if self.companion.log is not None:
+        if self.companion.log is not None:  # the request line and status: never a header, so never the token
             self.companion.log(f"{self.address_string()} {format % args}")
 
     def do_GET(self) -> None:
@@ -328,27 +392,34 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
-    def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
+    def _send(self, status: int, body: dict[str, Any], close: bool = False,
+              headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         if status == 401:
             self.send_header("WWW-Authenticate", 'Bearer realm="fbprof-companion"')
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
+    def _read(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        self._unread -= len(data)
+        return data
+
     def _body(self, limit: int) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        n = self._length
+        if n is None:
             raise ProtocolError(411, "length_required", "send the body with a Content-Length header")
-        n = int(length)
         if n > limit:
             raise ProtocolError(413, "too_large", f"request body of {n} bytes is over the limit of {limit} bytes")
-        return self.rfile.read(n)
+        return self._read(n)
 
     def _json(self) -> dict[str, Any]:
         raw = self._body(self.companion.limits.max_json_bytes)
@@ -360,16 +431,55 @@ class _Handler(BaseHTTPRequestHandler):
             raise ProtocolError(400, "bad_request", "the body must be a JSON object")
         return obj
 
+    def _drain(self) -> None:
+        """After an early answer: read and drop the unread body (bounded), so closing does not reset."""
+        if not 0 < self._unread <= _DRAIN_MAX_BYTES:
+            return
+        try:
+            self.wfile.flush()
+            self.connection.settimeout(_DRAIN_TIMEOUT_S)
+            while self._unread > 0 and self._read(min(self._unread, 1 << 20)):
+                pass
+        except OSError:
+            pass
+
     def _dispatch(self, method: str) -> None:
         c = self.companion
-        read_body = False
+        self._length: int | None = None
+        self._unread = 0
+        extra: dict[str, str] = {}
+        framing: ProtocolError | None = None
+        chunked = self.headers.get("Transfer-Encoding") is not None
+        try:  # how much body follows, known before anything is answered (what to drain, whether to close)
+            self._length = parse_content_length(self.headers.get_all("Content-Length") or [])
+            self._unread = self._length or 0
+        except ProtocolError as e:
+            framing = e
         try:
+            wait = c.lockout.wait_s()
+            if wait > 0:
+                retry = max(1, math.ceil(wait))
+                extra["Retry-After"] = str(retry)
+                raise ProtocolError(429, "too_many_attempts", f"too many wrong pairing tokens: this companion refuses "
+                                                              f"every request for {retry} s")
             if not c.authorized(self.headers.get("Authorization")):
+                c.lockout.failed()
                 raise ProtocolError(401, "unauthorized", UNAUTHORIZED_MESSAGE)
+            c.lockout.succeeded()
+            if framing is not None:
+                raise framing
+            if chunked:
+                raise ProtocolError(411, "length_required", "send the body with a Content-Length header")
+            limit = c.limits.max_upload_bytes if method == "PUT" else c.limits.max_json_bytes
+            if self._unread > limit:  # every method: a GET announcing 10 GB is refused from its head too
+                raise ProtocolError(413, "too_large",
+                                    f"request body of {self._unread} bytes is over the limit of {limit} bytes")
             path = urllib.parse.urlsplit(self.path).path
             if not path.startswith(API + "/"):
                 raise ProtocolError(404, "not_found", f"no endpoint {method} {path} (this companion speaks {API})")
             parts = path[len(API) + 1:].split("/")
+            if method in ("GET", "DELETE") and self._unread:
+                self._read(self._unread)  # a body these methods ignore: read it, the connection stays in step
             if parts == ["info"] and method == "GET":
                 status, body = 200, c.info()
             elif parts == ["models"] and method == "GET":
@@ -381,13 +491,11 @@ class _Handler(BaseHTTPRequestHandler):
                                                          "A-Z a-z 0-9 . _ - (not starting with . _ -)")
                 if len(parts) == 2 and method == "PUT":
                     data = self._body(c.limits.max_upload_bytes)
-                    read_body = True
                     status, body = 201, c.upload(name, data)
                 elif len(parts) == 2 and method == "DELETE":
                     status, body = 200, c.delete(name)
                 elif parts[2:] == ["run"] and method == "POST":
                     req = self._json()
-                    read_body = True
                     status, body = 200, c.run(name, req)
                 else:
                     raise ProtocolError(405, "bad_method", f"{method} is not allowed on {path}")
@@ -395,11 +503,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ProtocolError(404, "not_found", f"no endpoint {method} {path}")
             self._send(status, body)
         except ProtocolError as e:
-            # an unread body would be taken for the next request: close the connection instead
-            has_body = int(self.headers.get("Content-Length") or 0) > 0
-            self._send(e.status, e.body(), close=has_body and not read_body)
+            # a body left unread would be taken for the next request: answer, drain it (bounded) and close
+            unknown_end = framing is not None or chunked
+            self._send(e.status, e.body(), close=self._unread > 0 or unknown_end, headers=extra)
+            self._drain()
         except Exception as e:  # noqa: BLE001 - never leave the host without an answer
             self._send(500, {"error": "internal", "message": f"{type(e).__name__}: {e}"}, close=True)
+            self._drain()
 
 
 def advertise(server: CompanionServer, name: str | None = None, interfaces: list[str] | None = None):

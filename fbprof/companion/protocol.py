@@ -16,6 +16,7 @@ import posixpath
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ import numpy as np
 __all__ = [
     "PROTOCOL", "API", "SERVICE_TYPE", "DEFAULT_PORT", "THERMAL_STATES", "COMPUTE_UNITS", "LOOP_FIELDS",
     "Limits", "ProtocolError", "model_name", "valid_name", "pack_model", "unpack_model", "encode_array",
-    "decode_array", "UNAUTHORIZED_MESSAGE",
+    "decode_array", "UNAUTHORIZED_MESSAGE", "MIN_TOKEN_CHARS", "LOCKOUT_FAILURES", "LOCKOUT_BASE_S", "LOCKOUT_MAX_S",
+    "parse_content_length",
 ]
 
 PROTOCOL = 1
@@ -38,7 +40,15 @@ COMPUTE_UNITS = ("cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all")
 #: the run request's loop fields: the same names and meaning as fbprof.loop.LoopConfig
 LOOP_FIELDS = ("warmup_runs", "warmup_min_s", "min_runs", "min_time_s", "max_runs", "max_time_s", "target_sample_s")
 UNAUTHORIZED_MESSAGE = "missing or wrong pairing token: send the header 'Authorization: Bearer <token>'"
+#: a pairing token has at least this many characters (16 of 32 or more symbols: 80 bits or more)
+MIN_TOKEN_CHARS = 16
+#: wrong-token lock-out: after LOCKOUT_FAILURES wrong tokens in a row every request gets 429 (even with the right
+#: token) for LOCKOUT_BASE_S seconds, doubled at each further lock-out up to LOCKOUT_MAX_S; a right token resets it
+LOCKOUT_FAILURES = 10
+LOCKOUT_BASE_S = 1.0
+LOCKOUT_MAX_S = 300.0
 MANIFEST = "manifest.json"
+_LENGTH_RE = re.compile(r"[0-9]{1,18}")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_RANK = 8
 
@@ -79,6 +89,20 @@ class Limits:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def parse_content_length(values: list[str]) -> int | None:
+    """The body length from every ``Content-Length`` header of a request: None when there is none.
+
+    Only ASCII digits count (no sign, no spaces inside, no other digits); several headers must agree.
+    Anything else is a framing error (``400 bad_request``): the end of the body cannot be known."""
+    if not values:
+        return None
+    given = {v.strip() for v in values}
+    if len(given) != 1 or not _LENGTH_RE.fullmatch(next(iter(given))):
+        shown = ", ".join(repr(v) for v in values)[:100]
+        raise ProtocolError(400, "bad_request", f"Content-Length {shown} is not a number of bytes")
+    return int(next(iter(given)))
+
+
 def valid_name(name: str) -> bool:
     """A model name: 1-64 characters of ``A-Z a-z 0-9 . _ -``, not starting with ``.``, ``_`` or ``-``."""
     return bool(_NAME_RE.match(name)) and ".." not in name
@@ -113,6 +137,11 @@ def pack_model(model: Path, fmt: str, array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _normal(name: str) -> str:
+    """A member's path without empty and ``.`` parts: ``a//./b/`` and ``a/b`` are one path."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
 def _safe_member(name: str) -> bool:
     if not name or "\\" in name or "\x00" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return False
@@ -135,20 +164,38 @@ def unpack_model(data: bytes, dest: Path, formats: tuple[str, ...], limits: Limi
         if len(infos) > limits.max_files:
             raise ProtocolError(413, "too_large", f"archive has {len(infos)} entries (limit {limits.max_files})")
         total = 0
+        files: set[str] = set()
+        folders: set[str] = set()
         for info in infos:
             if not _safe_member(info.filename):
                 raise ProtocolError(400, "unsafe_archive", f"unsafe path in archive: {info.filename!r}")
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise ProtocolError(400, "unsafe_archive", f"link in archive: {info.filename!r}")
+            path = _normal(info.filename)
+            if info.is_dir():
+                folders.add(path)
+            elif path in files:
+                raise ProtocolError(400, "bad_archive", f"duplicate entry in archive: {info.filename!r}")
+            else:
+                files.add(path)
+            parts = path.split("/")
+            folders.update("/".join(parts[:i]) for i in range(1, len(parts)))
             total += info.file_size
+        clash = sorted(files & folders)
+        if clash:
+            raise ProtocolError(400, "bad_archive", f"entry {clash[0]!r} is both a file and a folder in the archive")
         if total > limits.max_unpacked_bytes:
             raise ProtocolError(413, "too_large",
                                 f"archive unpacks to {total} bytes (limit {limits.max_unpacked_bytes})")
-        names = {i.filename for i in infos}
+        names = {i.filename for i in infos}  # as written: the manifest names its files so
         if MANIFEST not in names:
             raise ProtocolError(400, "bad_archive", f"archive has no {MANIFEST}")
         try:
-            manifest = json.loads(zf.read(MANIFEST))
+            raw = zf.read(MANIFEST)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            raise ProtocolError(400, "bad_archive", f"cannot extract {MANIFEST!r}: {e}") from None
+        try:
+            manifest = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise ProtocolError(400, "bad_archive", f"{MANIFEST} is not JSON") from None
         _check_manifest(manifest, names, formats, limits)
@@ -163,12 +210,17 @@ def unpack_model(data: bytes, dest: Path, formats: tuple[str, ...], limits: Limi
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > limits.max_unpacked_bytes:  # sizes in the directory can lie
-                        raise ProtocolError(413, "too_large", f"archive unpacks to more than {limits.max_unpacked_bytes} bytes")
-                    out.write(chunk)
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > limits.max_unpacked_bytes:  # sizes in the directory can lie
+                            raise ProtocolError(413, "too_large",
+                                                f"archive unpacks to more than {limits.max_unpacked_bytes} bytes")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+                # a damaged entry, sizes or CRC that lie, an unknown compression: the upload's fault
+                raise ProtocolError(400, "bad_archive", f"cannot extract {info.filename!r}: {e}") from None
     size = (dest / manifest["input"]["file"]).stat().st_size
     if size != 4 * math.prod(manifest["input"]["shape"]):
         raise ProtocolError(400, "bad_archive", f"input.bin has {size} bytes, the shape needs "

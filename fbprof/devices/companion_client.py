@@ -14,6 +14,7 @@ the run stops with a :class:`~fbprof.errors.DeviceError`, finished rows kept for
 
 from __future__ import annotations
 
+import json as _json
 import math
 import os
 import time
@@ -140,6 +141,8 @@ class CompanionClient:
                                       timeout=timeout or self.settings.timeout_s)
             except httpx.TransportError as e:
                 problem = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                if json is not None or content:
+                    self._explain_reset(method, path, what, json, content)
                 continue
             if r.status_code in (502, 503, 504):
                 problem = f"HTTP {r.status_code}"
@@ -151,6 +154,33 @@ class CompanionClient:
             hint="is the app open on the phone and on the same network? finished rows are saved: "
                  "run the same command again to resume",
         )
+
+    def _explain_reset(self, method: str, path: str, what: str, json_body: Any, content: bytes | None) -> None:
+        """A request with a body failed on the network. A companion that refuses a request from its head
+        (401, 429, 413) answers and closes with the body unread, and the client may then see only a reset
+        and lose the answer. Ask ``GET /info`` (no body) once: it raises the refusal the companion gave
+        (a wrong token, a lock-out) or, when the body is over the companion's limit, that 413."""
+        try:
+            r = self.http.request("GET", "/info", timeout=self.settings.timeout_s)
+        except httpx.TransportError:
+            return  # the companion is gone: retry as for any network failure
+        if r.status_code in (401, 429):
+            self._decode(r, what)  # raises the refusal that the lost answer carried
+        if r.status_code != 200:
+            return
+        try:
+            info = r.json()
+        except ValueError:
+            return
+        limits = info.get("limits") if isinstance(info, dict) else None
+        limit = (limits or {}).get("max_upload_bytes" if method == "PUT" else "max_json_bytes") \
+            if isinstance(limits, dict) else None
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            return
+        size = len(content) if content else len(_json.dumps(json_body).encode())
+        if size > limit:
+            raise CompanionError(f"the companion at {self.address} refused {what} (413 too_large: request body of "
+                                 f"{size} bytes is over the limit of {limit} bytes)", 413, "too_large")
 
     def _decode(self, r: httpx.Response, what: str) -> dict[str, Any]:
         try:
@@ -167,6 +197,13 @@ class CompanionClient:
                 raise CompanionError(
                     f"the companion at {self.address} refused the pairing token (401: {message})", 401, code,
                     hint=f"pass the token the app shows with --token, or set {TOKEN_ENV}")
+            if r.status_code == 429:
+                wait = r.headers.get("Retry-After", "?")
+                raise CompanionError(
+                    f"the companion at {self.address} is locked after too many wrong pairing tokens (429 {code}: "
+                    f"{message}; Retry-After {wait} s)", 429, code,
+                    hint="someone tried wrong tokens (perhaps a wrong --token): wait, check the token the app shows, "
+                         "and run the same command again")
             raise CompanionError(f"the companion at {self.address} refused {what} ({r.status_code} {code}: {message})",
                                  r.status_code, code)
         return body
@@ -231,17 +268,29 @@ class CompanionDevice(Device):
         self.supported_backends = tuple(b.name for fmt in self.runtimes for b in BACKENDS.values() if b.format == fmt)
 
     # -- Device ----------------------------------------------------------------------------------
+    def units_used(self, backend: str) -> str:
+        """What the compute units asked for really run on, as the companion reports it (``compute_units_used``
+        in info; an iPhone X runs ``all`` on CPU and GPU: it has no Neural Engine for Core ML)."""
+        rt = self.runtimes.get(get_backend(backend).format, {})
+        used = rt.get("compute_units_used")
+        units = self.settings.compute_units
+        return str(used.get(units, units)) if isinstance(used, dict) else units
+
     def fingerprint(self, backend: str, threads: int) -> dict[str, str]:
         rt = self.runtimes.get(get_backend(backend).format, {})
         model = str(self.info.get("model", "unknown"))
+        units, used = self.settings.compute_units, self.units_used(backend)
         return {
             "device": self.name,
             "device_model": model,
             "cpu_model": model,
-            # compute units are part of the runtime: rows measured with other units cannot share a LUT
-            "runtime": f"{rt.get('runtime', 'unknown')}, compute units {self.settings.compute_units}",
+            # compute units are part of the runtime (what was asked and, where it differs, what ran):
+            # rows measured with other units cannot share a LUT
+            "runtime": f"{rt.get('runtime', 'unknown')}, compute units {units}"
+                       + (f" (runs as {used})" if used != units else ""),
             "os": f"{self.info.get('system', '?')} {self.info.get('system_version', '?')}",
-            "compute_units": self.settings.compute_units,
+            "compute_units": units,
+            "compute_units_used": used,
             "affinity": "chosen by the companion's runtime",
             "denormals": "companion runtime default",
             "companion": f"{self.info.get('app', '?')} {self.info.get('app_version', '?')} (protocol {PROTOCOL})",
@@ -336,7 +385,7 @@ class CompanionDevice(Device):
     def _measure_uploaded(self, name: str, data: bytes, key: str, cfg: LoopConfig,
                           on_retry: Callable[[int, float], None] | None) -> DeviceResult:
         """The shared loop's rules over the companion's runs (fbprof.loop.measure_attempts)."""
-        state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0}
+        state: dict[str, Any] = {"output": None, "thermal_after": "unknown", "attempts": 0, "used": None}
 
         def attempt() -> Attempt:
             body = self.run_request(cfg, want_output=self.settings.check_output and state["attempts"] == 0)
@@ -346,6 +395,8 @@ class CompanionDevice(Device):
             state["attempts"] += 1
             samples, repeats, capped, elapsed = _run_timings(res, key)
             state["thermal_after"] = str(res.get("thermal_state", "unknown"))
+            if "compute_units_used" in res:  # what this run ran on (older companions do not say)
+                state["used"] = str(res["compute_units_used"])
             if "output" in res:
                 try:
                     state["output"] = decode_array(res["output"])
@@ -356,7 +407,10 @@ class CompanionDevice(Device):
 
         m = measure_attempts(attempt, cfg, self.sleep, on_retry)
         output, thermal_after = state["output"], state["thermal_after"]
-        return DeviceResult(m, output, {"compute_units": self.settings.compute_units, "thermal_after": thermal_after})
+        env = {"compute_units": self.settings.compute_units, "thermal_after": thermal_after}
+        if state["used"] is not None:
+            env["compute_units_used"] = state["used"]
+        return DeviceResult(m, output, env)
 
     def _forget(self, name: str) -> None:
         """Best effort, no retries: delete a model after a failure (the companion may be gone)."""

@@ -12,24 +12,46 @@ final class Companion: HTTPHandler {
     private var models: [String: (manifest: Manifest, bytes: Int)] = [:]
     private var loaded: [String: MLModel] = [:]  // "name|compute units" -> model
     private let log: (String) -> Void
+    private var lockout = Lockout()  // used from the listener's queue only (check)
+    private let units = ComputeUnitsOnThisDevice()
 
     init(token: String, log: @escaping (String) -> Void) throws {
+        guard token.count >= Wire.minTokenChars else {
+            throw WireError.internalError("the pairing token must have at least \(Wire.minTokenChars) characters")
+        }
         self.token = token
         self.log = log
         store = FileManager.default.temporaryDirectory.appendingPathComponent("models", isDirectory: true)
-        try? FileManager.default.removeItem(at: store)
+        try? FileManager.default.removeItem(at: store)  // models (and their compiled .mlmodelc) of an earlier run
+        // .mlmodelc folders that earlier versions of the app left in tmp, one per compile
+        let tmp = FileManager.default.temporaryDirectory
+        for url in (try? FileManager.default.contentsOfDirectory(at: tmp, includingPropertiesForKeys: nil)) ?? []
+        where url.pathExtension == "mlmodelc" {
+            try? FileManager.default.removeItem(at: url)
+        }
         try FileManager.default.createDirectory(at: store, withIntermediateDirectories: true)
     }
 
     // MARK: HTTPHandler
 
+    /// The head's checks, in the reference companion's order: lock-out 429, token 401, framing 400/411,
+    /// size 413 (for every method: a GET announcing 10 GB is refused here, not buffered).
     func check(_ head: HTTPHead) -> HTTPResponse? {
-        guard authorized(head.headers["authorization"]) else { return .error(.unauthorized) }
-        guard head.method == "PUT" || head.method == "POST" else { return nil }
-        guard let length = head.contentLength else { return .error(.lengthRequired) }
+        let wait = lockout.waitS(now: now())
+        if wait > 0 { return .error(.tooManyAttempts(max(1, Int(wait.rounded(.up))))) }
+        guard authorized(head.headers["authorization"]) else {
+            lockout.failed(now: now())
+            return .error(.unauthorized)
+        }
+        lockout.succeeded()
+        if head.badLength {
+            let given = head.headers["content-length"] ?? ""
+            return .error(.badRequest("Content-Length '\(given.prefix(40))' is not a number of bytes"))
+        }
+        if head.chunked { return .error(.lengthRequired) }
         let limit = head.method == "PUT" ? limits.max_upload_bytes : limits.max_json_bytes
-        if length > limit {
-            return .error(.tooLarge("request body of \(length) bytes is over the limit of \(limit) bytes"))
+        if head.bodyLength > limit {
+            return .error(.tooLarge("request body of \(head.bodyLength) bytes is over the limit of \(limit) bytes"))
         }
         return nil
     }
@@ -60,9 +82,13 @@ final class Companion: HTTPHandler {
         case (_, 2...3, "models"):
             let name = parts[1].removingPercentEncoding ?? parts[1]
             guard validName(name) else { throw WireError.badName(name) }
-            if parts.count == 2 && head.method == "PUT" { return .json(201, try upload(name, body)) }
+            if parts.count == 2 && head.method == "PUT" {
+                guard head.hasLength else { throw WireError.lengthRequired }  // after the name, like the reference
+                return .json(201, try upload(name, body))
+            }
             if parts.count == 2 && head.method == "DELETE" { return .json(200, try delete(name)) }
             if parts.count == 3 && parts[2] == "run" && head.method == "POST" {
+                guard head.hasLength else { throw WireError.lengthRequired }
                 let request: RunRequest
                 do { request = try JSONDecoder().decode(RunRequest.self, from: body.isEmpty ? Data("{}".utf8) : body) }
                 catch { throw WireError.badRequest("the body is not a valid run request: \(error.localizedDescription)") }
@@ -100,7 +126,8 @@ final class Companion: HTTPHandler {
         let version = "\(v.majorVersion).\(v.minorVersion).\(v.patchVersion)"
         return Info(app_version: Bundle.main.object(forInfoDictionaryKey: "CFBundleShortVersionString") as? String ?? "0",
                     model: modelIdentifier(), system: "iOS", system_version: version, thermal_state: thermalState(),
-                    runtimes: [RuntimeInfo(format: "mlpackage", runtime: "Core ML (iOS \(version))", compute_units: Wire.computeUnits)],
+                    runtimes: [RuntimeInfo(format: "mlpackage", runtime: "Core ML (iOS \(version))",
+                                           compute_units: units.available, compute_units_used: units.used)],
                     limits: limits)
     }
 
@@ -112,10 +139,10 @@ final class Companion: HTTPHandler {
         defer { try? FileManager.default.removeItem(at: tmp) }
         let manifest = try unpack(data, into: tmp)
         let folder = store.appendingPathComponent(name, isDirectory: true)
-        try? FileManager.default.removeItem(at: folder)
+        loaded = loaded.filter { !$0.key.hasPrefix(name + "|") }
+        try? FileManager.default.removeItem(at: folder)  // the replaced model, with its compiled .mlmodelc
         try FileManager.default.moveItem(at: tmp, to: folder)
         models[name] = (manifest, data.count)
-        loaded = loaded.filter { !$0.key.hasPrefix(name + "|") }
         log("stored \(name) (\(data.count) bytes)")
         return UploadResponse(model: name, format: manifest.format, bytes: data.count)
     }
@@ -128,8 +155,26 @@ final class Companion: HTTPHandler {
         return !parts.isEmpty && !parts.contains("..")
     }
 
+    /// A member's path without empty and "." parts: "a//./b/" and "a/b" are one path.
+    private func normal(_ path: String) -> String {
+        path.split(separator: "/").filter { $0 != "." }.joined(separator: "/")
+    }
+
+    /// The product of a shape's dimensions, or nil when it overflows (a hostile manifest) or a dimension is not positive.
+    private func elements(_ shape: [Int]) -> Int? {
+        var n = 1
+        for d in shape {
+            guard d > 0 else { return nil }
+            let (m, overflow) = n.multipliedReportingOverflow(by: d)
+            if overflow { return nil }
+            n = m
+        }
+        return n
+    }
+
     private func unpack(_ data: Data, into dest: URL) throws -> Manifest {
-        guard let archive = try? Archive(data: data, accessMode: .read) else {
+        let archive: Archive
+        do { archive = try Archive(data: data, accessMode: .read) } catch {
             throw WireError.badArchive("the upload is not a zip archive")
         }
         let entries = Array(archive)
@@ -137,17 +182,38 @@ final class Companion: HTTPHandler {
             throw WireError.tooLarge("archive has \(entries.count) entries (limit \(limits.max_files))")
         }
         var total: UInt64 = 0
+        var files = Set<String>()
+        var folders = Set<String>()
         for entry in entries {  // check everything before writing anything
             guard safeMember(entry.path) else { throw WireError.unsafeArchive("unsafe path in archive: '\(entry.path)'") }
             guard entry.type != .symlink else { throw WireError.unsafeArchive("link in archive: '\(entry.path)'") }
-            total += UInt64(entry.uncompressedSize)
+            let path = normal(entry.path)
+            if entry.type == .directory {
+                folders.insert(path)
+            } else if !files.insert(path).inserted {
+                throw WireError.badArchive("duplicate entry in archive: '\(entry.path)'")
+            }
+            let parts = path.split(separator: "/")
+            for i in parts.indices.dropLast() { folders.insert(parts[...i].joined(separator: "/")) }
+            let (sum, overflow) = total.addingReportingOverflow(entry.uncompressedSize)
+            total = overflow ? UInt64.max : sum
+        }
+        if let clash = files.intersection(folders).sorted().first {
+            throw WireError.badArchive("entry '\(clash)' is both a file and a folder in the archive")
         }
         guard total <= UInt64(limits.max_unpacked_bytes) else {
             throw WireError.tooLarge("archive unpacks to \(total) bytes (limit \(limits.max_unpacked_bytes))")
         }
         guard let manifestEntry = archive["manifest.json"] else { throw WireError.badArchive("archive has no manifest.json") }
         var manifestData = Data()
-        _ = try archive.extract(manifestEntry) { manifestData.append($0) }
+        do {
+            _ = try archive.extract(manifestEntry) { chunk in
+                manifestData.append(chunk)
+                if manifestData.count > self.limits.max_json_bytes { throw WireError.badArchive("manifest.json is too large") }
+            }
+        } catch let e as WireError { throw e } catch {
+            throw WireError.badArchive("cannot extract 'manifest.json': \(error.localizedDescription)")
+        }
         guard let manifest = try? JSONDecoder().decode(Manifest.self, from: manifestData) else {
             throw WireError.badArchive("manifest.json: expected protocol, format, model and input")
         }
@@ -158,23 +224,39 @@ final class Companion: HTTPHandler {
             throw WireError.badArchive("manifest.json: model '\(manifest.model)' is not in the archive")
         }
         let shape = manifest.input.shape
-        guard manifest.input.dtype == "float32", names.contains(manifest.input.file),
-              (1...8).contains(shape.count), shape.allSatisfy({ $0 > 0 }) else {
+        guard manifest.input.dtype == "float32", names.contains(manifest.input.file), (1...8).contains(shape.count),
+              let count = elements(shape) else {
             throw WireError.badArchive("manifest.json: input: expected {file, dtype: float32, shape} naming a file in the archive")
         }
-        guard shape.reduce(1, *) <= limits.max_input_elements else {
-            throw WireError.tooLarge("input has \(shape.reduce(1, *)) elements (limit \(limits.max_input_elements))")
+        guard count <= limits.max_input_elements else {
+            throw WireError.tooLarge("input has \(count) elements (limit \(limits.max_input_elements))")
         }
         let root = dest.standardizedFileURL.path + "/"
+        var written = 0  // counted as it inflates: the sizes in the directory can lie
         for entry in entries where entry.type == .file {
             let target = dest.appendingPathComponent(entry.path).standardizedFileURL
             guard target.path.hasPrefix(root) else { throw WireError.unsafeArchive("unsafe path in archive: '\(entry.path)'") }
             try FileManager.default.createDirectory(at: target.deletingLastPathComponent(), withIntermediateDirectories: true)
-            _ = try archive.extract(entry, to: target)
+            guard FileManager.default.createFile(atPath: target.path, contents: nil) else {
+                throw WireError.internalError("cannot create \(entry.path)")
+            }
+            let out = try FileHandle(forWritingTo: target)
+            defer { try? out.close() }
+            do {
+                _ = try archive.extract(entry) { chunk in
+                    written += chunk.count
+                    if written > self.limits.max_unpacked_bytes {
+                        throw WireError.tooLarge("archive unpacks to more than \(self.limits.max_unpacked_bytes) bytes")
+                    }
+                    try out.write(contentsOf: chunk)
+                }
+            } catch let e as WireError { throw e } catch {  // damaged data, a CRC or size that lies
+                throw WireError.badArchive("cannot extract '\(entry.path)': \(error.localizedDescription)")
+            }
         }
         let size = (try? FileManager.default.attributesOfItem(atPath: dest.appendingPathComponent(manifest.input.file).path)[.size] as? Int) ?? -1
-        guard size == 4 * shape.reduce(1, *) else {
-            throw WireError.badArchive("input.bin has \(size) bytes, the shape needs \(4 * shape.reduce(1, *))")
+        guard size == 4 * count else {
+            throw WireError.badArchive("input.bin has \(size) bytes, the shape needs \(4 * count)")
         }
         return manifest
     }
@@ -184,22 +266,27 @@ final class Companion: HTTPHandler {
     private func delete(_ name: String) throws -> DeleteResponse {
         guard models.removeValue(forKey: name) != nil else { throw WireError.notFound("no model named '\(name)'") }
         loaded = loaded.filter { !$0.key.hasPrefix(name + "|") }
-        try? FileManager.default.removeItem(at: store.appendingPathComponent(name, isDirectory: true))
+        try? FileManager.default.removeItem(at: store.appendingPathComponent(name, isDirectory: true))  // and its .mlmodelc
         return DeleteResponse(deleted: name)
     }
 
     // MARK: POST /v1/models/{name}/run
 
     private func run(_ name: String, _ r: RunRequest) throws -> RunResponse {
-        let units: [String: MLComputeUnits] = ["cpuOnly": .cpuOnly, "cpuAndGPU": .cpuAndGPU,
-                                               "cpuAndNeuralEngine": .cpuAndNeuralEngine, "all": .all]
-        guard let computeUnits = units[r.compute_units] else {
+        let all: [String: MLComputeUnits] = ["cpuOnly": .cpuOnly, "cpuAndGPU": .cpuAndGPU,
+                                             "cpuAndNeuralEngine": .cpuAndNeuralEngine, "all": .all]
+        guard let computeUnits = all[r.compute_units] else {
             throw WireError.badRequest("compute_units '\(r.compute_units)': expected one of \(Wire.computeUnits.joined(separator: ", "))")
         }
-        guard r.min_runs >= 0, r.warmup_runs >= 0, r.max_runs >= max(r.min_runs, 1), r.max_runs <= limits.max_runs,
+        guard units.available.contains(r.compute_units) else {
+            throw WireError.badRequest("compute_units '\(r.compute_units)' is not available for mlpackage here "
+                                       + "(available: \(units.available.joined(separator: ", ")))")
+        }
+        // the bounds of the reference companion (LoopConfig): min_runs >= 1, target_sample_s <= max_time_s
+        guard r.min_runs >= 1, r.warmup_runs >= 0, r.max_runs >= r.min_runs, r.max_runs <= limits.max_runs,
               r.warmup_runs <= limits.max_warmup_runs, r.max_time_s > 0, r.max_time_s <= limits.max_time_s,
               r.warmup_min_s >= 0, r.warmup_min_s <= limits.max_time_s, r.min_time_s >= 0, r.min_time_s <= r.max_time_s,
-              r.target_sample_s >= 0 else {
+              r.target_sample_s >= 0, r.target_sample_s <= r.max_time_s else {
             throw WireError.badRequest("run request out of bounds (see limits in GET /v1/info)")
         }
         guard let stored = models[name] else { throw WireError.notFound("no model named '\(name)'") }
@@ -212,10 +299,9 @@ final class Companion: HTTPHandler {
             if let m = loaded[key] {
                 model = m
             } else {
-                let compiled = try MLModel.compileModel(at: folder.appendingPathComponent(stored.manifest.model))
                 let config = MLModelConfiguration()
                 config.computeUnits = computeUnits
-                model = try MLModel(contentsOf: compiled, configuration: config)
+                model = try MLModel(contentsOf: try compiled(folder, stored.manifest), configuration: config)
                 loaded[key] = model
             }
             provider = try inputProvider(model, folder: folder, manifest: stored.manifest)
@@ -231,13 +317,30 @@ final class Companion: HTTPHandler {
                let array = first.featureValue(for: outName)?.multiArrayValue {
                 output = encode(array)
             }
-            log("ran \(name): \(samples.count) samples, \(r.compute_units)")
-            return RunResponse(model: name, compute_units: r.compute_units, runtime: info().runtimes[0].runtime,
+            let used = units.used[r.compute_units] ?? r.compute_units
+            log("ran \(name): \(samples.count) samples, \(r.compute_units) (runs as \(used))")
+            return RunResponse(model: name, compute_units: r.compute_units, compute_units_used: used,
+                               runtime: info().runtimes[0].runtime,
                                timings_us: samples.map { $0 * 1e6 }, repeats: repeats, capped: capped,
                                elapsed_s: elapsed, load_s: loadS, thermal_state: thermalState(), output: output)
         } catch {
             throw WireError.runFailed("\(name): the model could not be compiled or run: \(error.localizedDescription)")
         }
+    }
+
+    /// The model compiled once, kept inside the model's folder: deleting or replacing the model deletes it,
+    /// and nothing is left in tmp (MLModel.compileModel writes a new .mlmodelc there on every call).
+    private func compiled(_ folder: URL, _ manifest: Manifest) throws -> URL {
+        let kept = folder.appendingPathComponent(".compiled.mlmodelc", isDirectory: true)
+        if FileManager.default.fileExists(atPath: kept.path) { return kept }
+        let temporary = try MLModel.compileModel(at: folder.appendingPathComponent(manifest.model))
+        do {
+            try FileManager.default.moveItem(at: temporary, to: kept)
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+            throw error
+        }
+        return kept
     }
 
     private func inputProvider(_ model: MLModel, folder: URL, manifest: Manifest) throws -> MLFeatureProvider {
@@ -285,7 +388,9 @@ func runLoop(_ predict: () throws -> Void, _ r: RunRequest) rethrows -> ([Double
     let t0 = now()  // 2. calibration: repeats so that one sample lasts about target_sample_s
     try predict()
     let one = max(now() - t0, 1e-9)
-    let repeats = r.target_sample_s > 0 ? max(1, min(10_000, Int((r.target_sample_s / one).rounded(.up)))) : 1
+    // clamped as a Double first: Int(x) traps when x is beyond Int's range (a huge target_sample_s)
+    let ratio = (r.target_sample_s / one).rounded(.up)
+    let repeats = r.target_sample_s > 0 && ratio.isFinite ? Int(max(1, min(10_000, ratio))) : (r.target_sample_s > 0 ? 10_000 : 1)
     var samples: [Double] = []  // 3. samples until min_runs and min_time_s, capped by max_runs and max_time_s
     var capped = false
     let sampling = now()
@@ -319,5 +424,57 @@ func modelIdentifier() -> String {
     uname(&info)
     return withUnsafeBytes(of: &info.machine) { raw in
         String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+    }
+}
+
+// MARK: wrong-token lock-out (fbprof/companion/server.py Lockout)
+
+struct Lockout {
+    private var wrong = 0  // wrong tokens since the last lock-out (or success)
+    private var lockouts = 0  // lock-outs since the last success
+    private var until = -Double.infinity
+
+    func waitS(now: Double) -> Double { max(0, until - now) }
+
+    mutating func failed(now: Double) {
+        wrong += 1
+        guard wrong >= Wire.lockoutFailures else { return }
+        wrong = 0
+        lockouts += 1
+        until = now + min(Wire.lockoutMaxS, Wire.lockoutBaseS * pow(2, Double(min(lockouts - 1, 30))))
+    }
+
+    mutating func succeeded() {
+        wrong = 0
+        lockouts = 0
+    }
+}
+
+// MARK: compute units per device generation
+
+/// What Core ML can use here. Core ML runs on the Neural Engine from the A12 on (iPhone XS/XR, iPhone11,x;
+/// iPads from iPad8,x); on the A11 (iPhone X, iPhone10,x) and older it silently runs `cpuAndNeuralEngine`
+/// on the CPU and `all` on CPU and GPU, so those are listed as what they are.
+struct ComputeUnitsOnThisDevice {
+    let available: [String]
+    let used: [String: String]
+
+    init(identifier: String = modelIdentifier()) {
+        if ComputeUnitsOnThisDevice.hasNeuralEngine(identifier) {
+            available = Wire.computeUnits
+            used = Dictionary(uniqueKeysWithValues: Wire.computeUnits.map { ($0, $0) })
+        } else {
+            available = ["cpuOnly", "cpuAndGPU", "all"]
+            used = ["cpuOnly": "cpuOnly", "cpuAndGPU": "cpuAndGPU", "all": "cpuAndGPU"]
+        }
+    }
+
+    static func hasNeuralEngine(_ identifier: String) -> Bool {
+        for (family, first) in [("iPhone", 11), ("iPad", 8), ("iPod", Int.max)] where identifier.hasPrefix(family) {
+            let major = identifier.dropFirst(family.count).prefix(while: { $0.isNumber })
+            guard let n = Int(major) else { return false }
+            return n >= first
+        }
+        return identifier == "arm64"  // an iPad app on an Apple-silicon Mac; "x86_64" is a simulator on Intel
     }
 }

@@ -1,11 +1,14 @@
 // fbprof companion: shows the address and pairing token, serves the protocol while the app is open.
 
+import Network
+import Security
 import SwiftUI
 import UIKit
 
 @main
 struct FbprofCompanionApp: App {
     @StateObject private var state = CompanionState()
+    @Environment(\.scenePhase) private var scenePhase
 
     var body: some Scene {
         WindowGroup {
@@ -14,6 +17,9 @@ struct FbprofCompanionApp: App {
                     state.start()
                     UIApplication.shared.isIdleTimerDisabled = true  // iOS suspends apps that leave the screen
                 }
+        }
+        .onChange(of: scenePhase) { phase in
+            if phase == .active { state.start() }  // back from the background: listen again if the listener died
         }
     }
 }
@@ -26,30 +32,69 @@ final class CompanionState: ObservableObject {
     let token = CompanionState.pairingToken()
     private var companion: Companion?
     private var server: HTTPServer?
+    private var needsListener = true  // no listener yet, or the last one failed or was cancelled
+    private var restartScheduled = false
+    private var generation = 0  // which listener a state change comes from: a stopped one's are ignored
 
+    /// Start listening, or start again when the listener failed or was cancelled (after the app was in the
+    /// background its socket can be gone). A listener that is starting or running is left alone.
     func start() {
-        guard server == nil else { return }
+        guard needsListener else { return }
+        needsListener = false
+        generation += 1
+        let current = generation
+        server?.stop()
+        server = nil
         do {
-            let companion = try Companion(token: token) { [weak self] line in
-                Task { @MainActor in self?.append(line) }
+            let companion: Companion
+            if let existing = self.companion {
+                companion = existing
+            } else {
+                companion = try Companion(token: token) { [weak self] line in
+                    // a `let` copy: a `weak var` captured by the @Sendable Task closure does not compile on Xcode 15
+                    let state = self
+                    Task { @MainActor in state?.append(line) }
+                }
+                self.companion = companion
             }
             let server = try HTTPServer(port: Wire.defaultPort, handler: companion)
             server.start { [weak self] listenerState in
-                Task { @MainActor in
-                    guard let self else { return }
-                    switch listenerState {
-                    case .ready:
-                        self.status = "ready"
-                        self.address = "\(wifiAddress() ?? "this-phone"):\(Wire.defaultPort)"
-                    case .failed(let error): self.status = "failed: \(error)"
-                    default: break
-                    }
-                }
+                let state = self
+                Task { @MainActor in state?.listenerChanged(listenerState, generation: current) }
             }
-            self.companion = companion
             self.server = server
         } catch {
             status = "failed: \(error)"
+            needsListener = true
+            scheduleRestart()
+        }
+    }
+
+    private func listenerChanged(_ listenerState: NWListener.State, generation: Int) {
+        guard generation == self.generation else { return }
+        switch listenerState {
+        case .ready:
+            status = "ready"
+            address = "\(wifiAddress() ?? "this-phone"):\(Wire.defaultPort)"
+        case .failed(let error):
+            needsListener = true
+            status = "failed: \(error); listening again"
+            scheduleRestart()
+        case .cancelled:
+            needsListener = true
+        default:
+            break
+        }
+    }
+
+    private func scheduleRestart() {
+        guard !restartScheduled else { return }
+        restartScheduled = true
+        Task { @MainActor [weak self] in
+            try? await Task.sleep(nanoseconds: 1_000_000_000)
+            guard let self else { return }
+            self.restartScheduled = false
+            self.start()
         }
     }
 
@@ -58,14 +103,40 @@ final class CompanionState: ObservableObject {
         if lines.count > 200 { lines.removeFirst(lines.count - 200) }
     }
 
-    /// 8 characters from an unambiguous alphabet, made once and kept.
+    /// 16 characters from an unambiguous 32-letter alphabet (80 bits) from the system CSPRNG, made once and
+    /// kept in the Keychain (this device only, not in backups): never in a file such as UserDefaults' plist.
     static func pairingToken() -> String {
-        if let saved = UserDefaults.standard.string(forKey: "token") { return saved }
+        UserDefaults.standard.removeObject(forKey: "token")  // the plaintext 8-character token of earlier versions
+        if let saved = Keychain.read(), saved.count >= Wire.minTokenChars { return saved }
         let alphabet = Array("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
         var rng = SystemRandomNumberGenerator()
-        let token = String((0..<8).map { _ in alphabet[Int(rng.next(upperBound: UInt32(alphabet.count)))] })
-        UserDefaults.standard.set(token, forKey: "token")
+        let token = String((0..<Wire.minTokenChars).map { _ in alphabet[Int(rng.next(upperBound: UInt32(alphabet.count)))] })
+        Keychain.save(token)
         return token
+    }
+}
+
+/// The pairing token in the Keychain (a generic password of this app).
+enum Keychain {
+    private static let query: [String: Any] = [kSecClass as String: kSecClassGenericPassword,
+                                               kSecAttrService as String: "fbprof-companion",
+                                               kSecAttrAccount as String: "pairing-token"]
+
+    static func read() -> String? {
+        var q = query
+        q[kSecReturnData as String] = true
+        q[kSecMatchLimit as String] = kSecMatchLimitOne
+        var item: CFTypeRef?
+        guard SecItemCopyMatching(q as CFDictionary, &item) == errSecSuccess, let data = item as? Data else { return nil }
+        return String(data: data, encoding: .utf8)
+    }
+
+    static func save(_ token: String) {
+        SecItemDelete(query as CFDictionary)
+        var q = query
+        q[kSecValueData as String] = Data(token.utf8)
+        q[kSecAttrAccessible as String] = kSecAttrAccessibleAfterFirstUnlockThisDeviceOnly
+        SecItemAdd(q as CFDictionary, nil)  // if it fails the token lives for this launch only
     }
 }
 

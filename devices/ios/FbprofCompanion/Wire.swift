@@ -11,6 +11,13 @@ enum Wire {
     static let defaultPort: UInt16 = 8765
     static let computeUnits = ["cpuOnly", "cpuAndGPU", "cpuAndNeuralEngine", "all"]
     static let unauthorizedMessage = "missing or wrong pairing token: send the header 'Authorization: Bearer <token>'"
+    /// pairing tokens: at least this many characters (fbprof/companion/protocol.py MIN_TOKEN_CHARS)
+    static let minTokenChars = 16
+    /// wrong-token lock-out (protocol.py LOCKOUT_*): after lockoutFailures wrong tokens in a row every request
+    /// gets 429 for lockoutBaseS seconds, doubled at each further lock-out up to lockoutMaxS
+    static let lockoutFailures = 10
+    static let lockoutBaseS = 1.0
+    static let lockoutMaxS = 300.0
 }
 
 /// What this companion accepts; reported in the info response.
@@ -30,7 +37,8 @@ struct Limits: Codable {
 struct RuntimeInfo: Codable {
     let format: String
     let runtime: String
-    let compute_units: [String]
+    let compute_units: [String]  // the units this device really has (no cpuAndNeuralEngine on A11 and older)
+    let compute_units_used: [String: String]  // each listed unit -> what Core ML really runs on
 }
 
 struct Info: Encodable {
@@ -100,7 +108,7 @@ struct RunRequest: Decodable {
     var min_time_s = 0.25
     var max_runs = 10_000
     var max_time_s = 10.0
-    var target_sample_s = 0.001
+    var target_sample_s = 0.005
     var return_output = false
 
     enum CodingKeys: String, CodingKey {
@@ -131,6 +139,7 @@ struct OutputArray: Encodable {
 struct RunResponse: Encodable {
     let model: String
     let compute_units: String
+    let compute_units_used: String
     let runtime: String
     let timings_us: [Double]
     let repeats: Int
@@ -146,8 +155,15 @@ struct WireError: Error, Encodable {
     let status: Int
     let error: String
     let message: String
+    var retryAfter: Int? = nil  // seconds, sent as the Retry-After header (429)
 
     enum CodingKeys: String, CodingKey { case error, message }
+
+    static func tooManyAttempts(_ seconds: Int) -> WireError {
+        WireError(status: 429, error: "too_many_attempts",
+                  message: "too many wrong pairing tokens: this companion refuses every request for \(seconds) s",
+                  retryAfter: seconds)
+    }
 
     static let unauthorized = WireError(status: 401, error: "unauthorized", message: Wire.unauthorizedMessage)
     static let lengthRequired = WireError(status: 411, error: "length_required",
