@@ -192,7 +192,7 @@ def test_item4_device_text_with_newlines_still_gives_a_readable_lut(tmp_path, fa
     assert again.measured == 0 and again.reused == 3
 
 
-def test_item4_threads_above_the_cores_warns(tmp_path, fake_exports):
+def test_item9_threads_above_the_cores_warns(tmp_path, fake_exports):
     notes = []
 
     class L(measure_mod.Listener):
