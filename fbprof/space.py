@@ -12,6 +12,8 @@ Width rule: every channel count (stem, stages, head) is ``make_divisible(c * wid
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 import yaml
 
 from fbprof.errors import FileFormatError, InputError
+from fbprof.fileio import DATA_FILE_LIMIT, read_text_limited
 from fbprof.spec import OpSpec, make_divisible, parse_block
 
 __all__ = [
@@ -37,12 +40,24 @@ __all__ = [
 ]
 
 SCHEMA = 1
+#: a space's name (in LUT headers): a word, never a path
+_SPACE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_RESOLUTION = 100_000
+MAX_WIDTH = 100.0
 
 
 # --------------------------------------------------------------------------------------------------
 # reading YAML/JSON with line numbers
 class _LineLoader(yaml.SafeLoader):
-    pass
+    """SafeLoader with line numbers that refuses aliases (``*ref``): fbprof's files never need them, and
+    nested aliases expand exponentially (a "billion laughs" file of 600 bytes fills gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in fbprof files",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
 
 
 class _LinedDict(dict):
@@ -65,22 +80,27 @@ def read_data_file(path: str | Path, text: str | None = None) -> Any:
     """Read a YAML or JSON file; errors name the file and line."""
     path = Path(path)
     if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: cannot read: {e}") from None
+        text = read_text_limited(path, DATA_FILE_LIMIT, "data file")
+    if len(text) > DATA_FILE_LIMIT:
+        raise InputError(f"{path}: larger than {DATA_FILE_LIMIT // 1024} KiB; not a data file fbprof reads")
     try:
         if path.suffix == ".json":
-            return json.loads(text)
+            return json.loads(text, parse_constant=_no_constant)
         return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
-    except json.JSONDecodeError as e:
-        raise FileFormatError(str(path), [f"{path}:{e.lineno}: invalid JSON: {e.msg}"]) from None
+    except RecursionError:
+        raise FileFormatError(str(path), [f"{path}:1: nested too deeply"]) from None
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity, a 5000-digit integer
+        line = getattr(e, "lineno", 1)
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        raise FileFormatError(str(path), [f"{path}:{line}: invalid {kind}: {str(getattr(e, 'msg', e))[:200]}"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise FileFormatError(str(path), [f"{path}:{line}: invalid YAML: {getattr(e, 'problem', e)}"]) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number fbprof reads")
 
 
 class _Fields:
@@ -106,8 +126,8 @@ class _Fields:
 
     def pos_int(self, d: dict, key: str, ctx: str, default: int | None = None) -> int:
         v = d.get(key, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            self.bad(d, key if key in d else None, f"{ctx}{key}: expected a positive integer, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1_000_000:
+            self.bad(d, key if key in d else None, f"{ctx}{key}: expected a positive integer (at most 1000000), got {str(v)[:40]!r}")
             return default or 1
         return v
 
@@ -156,15 +176,17 @@ class SpaceTag:
         name, at, rest = t.partition("@")
         res_s, sep, w_s = rest.partition("/w")
         problem = None
-        if not at or not sep or not name or any(c in name for c in ",@\n") or not res_s.isdigit():
+        if not at or not sep or not name or not res_s.isdigit() or not res_s.isascii():
             problem = "expected NAME@RESOLUTION/wWIDTH"
+        elif not _SPACE_NAME_RE.fullmatch(name):
+            problem = "a space name is a word of A-Z a-z 0-9 . _ - (not a path)"
         else:
             try:
                 width = float(w_s)
             except ValueError:
                 width = float("nan")
             res = int(res_s) if len(res_s) <= 6 else 0
-            if not (0 < width < 1e3) or not w_s.replace(".", "", 1).isdigit():
+            if not (0 < width <= MAX_WIDTH) or not w_s.replace(".", "", 1).isdigit() or not w_s.isascii():
                 problem = f"width {w_s!r} is not a positive number"
             elif not 8 <= res <= 100_000:
                 problem = f"resolution {res_s!r} out of range (8..100000)"
@@ -172,8 +194,19 @@ class SpaceTag:
             raise InputError(f"{where}: cannot read space {text[:80]!r}: {problem}")
         return cls(name, res, width)
 
-    def load(self) -> "Space":
-        return load_space(self.name, self.resolution, self.width)
+    def load(self, near: str | Path | None = None) -> "Space":
+        """The space: a packaged one by name, else the file ``NAME.yaml`` (``.yml``, ``.json``) in the folder
+        ``near`` (a LUT's folder). A name is never a path, so a LUT cannot make fbprof read any other file."""
+        if not _SPACE_NAME_RE.fullmatch(self.name) or ".." in self.name:
+            raise InputError(f"space {self.name[:80]!r}: not a space name")
+        if self.name in _packaged("spaces") or near is None:
+            return load_space(self.name, self.resolution, self.width)
+        for ext in (".yaml", ".yml", ".json"):
+            f = Path(near) / f"{self.name}{ext}"
+            if f.is_file():
+                return load_space(f, self.resolution, self.width)
+        raise InputError(f"unknown space {self.name!r}: not packaged ({', '.join(space_names())}) and no "
+                         f"{self.name}.yaml next to the LUT in {near}", hint="give the space file with --space")
 
 
 def format_space_tags(tags) -> str:
@@ -350,14 +383,26 @@ def decode_space(data: Any, path: str, source: str, resolution: int | None = Non
     if d.get("schema", SCHEMA) != SCHEMA:
         f.bad(d, "schema", f"unsupported schema {d.get('schema')!r} (this fbprof reads schema {SCHEMA})")
     name = d.get("name") or Path(path).stem
+    if not isinstance(name, str) or not _SPACE_NAME_RE.fullmatch(name):
+        f.bad(d, "name" if "name" in d else None, f"name: {str(name)[:80]!r} is not a space name "
+              "(1-64 characters of A-Z a-z 0-9 . _ -)")
+        name = "space"
+    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int)):
+        raise InputError(f"resolution {resolution!r}: expected an integer")
     res = resolution if resolution is not None else f.pos_int(d, "resolution", "", 224)
     if resolution is not None and resolution < 8:
         raise InputError(f"resolution {resolution} is too small (at least 8)")
+    if res > MAX_RESOLUTION:
+        if resolution is not None:
+            raise InputError(f"resolution {resolution} is too large (at most {MAX_RESOLUTION})")
+        f.bad(d, "resolution", f"resolution: {res} is too large (at most {MAX_RESOLUTION})")
+        res = 224
     wmul = width if width is not None else d.get("width", 1.0)
-    if isinstance(wmul, bool) or not isinstance(wmul, (int, float)) or wmul <= 0:
+    if isinstance(wmul, bool) or not isinstance(wmul, (int, float)) or not math.isfinite(wmul) \
+            or not 0 < wmul <= MAX_WIDTH:
         if width is not None:
-            raise InputError(f"width multiplier must be > 0, got {width!r}")
-        f.bad(d, "width", f"width: expected a positive number, got {wmul!r}")
+            raise InputError(f"width multiplier must be a number in (0, {MAX_WIDTH:g}], got {width!r}")
+        f.bad(d, "width", f"width: expected a number in (0, {MAX_WIDTH:g}], got {str(wmul)[:40]!r}")
         wmul = 1.0
     wmul = float(wmul)
     divisor = f.pos_int(d, "channel_divisor", "", 8)
@@ -424,6 +469,9 @@ def decode_space(data: Any, path: str, source: str, resolution: int | None = Non
             else:
                 f.bad(st, None, f"{ctx[:-1]}: no candidates (give candidates at the top or per stage)")
                 cands = ()
+            if len(layers) + reps > 1000:
+                f.bad(st, "repeats", f"{ctx}repeats: more than 1000 searched layers in all")
+                break
             for r in range(reps):
                 s = stride if r == 0 else 1
                 if cands:
@@ -468,6 +516,13 @@ def load_arch(name_or_path: str | Path, resolution: int | None = None, width: fl
             space_ref = str(rel)
     res = resolution if resolution is not None else d.get("resolution")
     wid = width if width is not None else d.get("width")
+    if resolution is None and res is not None and (isinstance(res, bool) or not isinstance(res, int)):
+        raise FileFormatError(str(path), [f"{f.where(d, 'resolution')}: resolution: expected an integer, got {str(res)[:40]!r}"])
+    if width is None and wid is not None and (isinstance(wid, bool) or not isinstance(wid, (int, float))):
+        raise FileFormatError(str(path), [f"{f.where(d, 'width')}: width: expected a number, got {str(wid)[:40]!r}"])
+    hc = d.get("head_channels")
+    if hc is not None and (isinstance(hc, bool) or not isinstance(hc, int)):
+        raise FileFormatError(str(path), [f"{f.where(d, 'head_channels')}: head_channels: expected an integer"])
     space = load_space(space_ref, res, wid)
     try:
         return space.arch(blocks, d.get("head_channels"), name=str(d.get("name") or Path(source).stem))

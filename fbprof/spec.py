@@ -23,8 +23,10 @@ from fbprof.errors import InputError
 __all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "FIXED_OPS"]
 
 FIXED_OPS = ("stem", "head", "pool", "fc")
-_IR_RE = re.compile(r"^k(?P<k>[1-9]\d*)_e(?P<e>[1-9]\d*)(?:_g(?P<g>[1-9]\d*))?$")
-_KEY_RE = re.compile(r"^(?P<op>[a-z0-9_]+):(?P<cin>\d+)x(?P<h>\d+)x(?P<w>\d+):(?P<cout>\d+):s(?P<s>\d+)$")
+# ASCII digits only, at most 7 of them (a 5000-digit number is an error, not an int() traceback)
+_IR_RE = re.compile(r"k(?P<k>[1-9][0-9]{0,2})_e(?P<e>[1-9][0-9]{0,2})(?:_g(?P<g>[1-9][0-9]{0,3}))?")
+_KEY_RE = re.compile(r"(?P<op>[a-z0-9_]{1,40}):(?P<cin>[0-9]{1,7})x(?P<h>[0-9]{1,7})x(?P<w>[0-9]{1,7}):"
+                     r"(?P<cout>[0-9]{1,7}):s(?P<s>[0-9]{1,4})")
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,10 @@ def parse_block(name: str) -> BlockKind:
         return BlockKind(name, "stem", kernel=3)
     if name in ("head", "pool", "fc"):
         return BlockKind(name, name)
-    m = _IR_RE.match(name)
+    m = _IR_RE.fullmatch(name) if isinstance(name, str) else None
     if not m:
         raise InputError(
-            f"unknown block {name!r}: expected kK_eE, kK_eE_gG (e.g. k3_e6, k5_e1_g2), skip, stem, head, pool or fc"
+            f"unknown block {str(name)[:60]!r}: expected kK_eE, kK_eE_gG (e.g. k3_e6, k5_e1_g2), skip, stem, head, pool or fc"
         )
     k, e, g = int(m["k"]), int(m["e"]), int(m["g"] or 1)
     if k % 2 == 0:
@@ -109,9 +111,9 @@ class OpSpec:
 
     @classmethod
     def parse(cls, key: str) -> "OpSpec":
-        m = _KEY_RE.match(key.strip()) if isinstance(key, str) else None
+        m = _KEY_RE.fullmatch(key) if isinstance(key, str) else None
         if not m or key != key.strip():
-            raise InputError(f"malformed op key {key!r}: expected OP:CINxHxW:COUT:sSTRIDE, e.g. k3_e6:16x112x112:24:s2")
+            raise InputError(f"malformed op key {str(key)[:80]!r}: expected OP:CINxHxW:COUT:sSTRIDE, e.g. k3_e6:16x112x112:24:s2")
         return cls(m["op"], int(m["cin"]), int(m["h"]), int(m["w"]), int(m["cout"]), int(m["s"]))
 
     @property

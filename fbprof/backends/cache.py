@@ -98,7 +98,40 @@ def export_module(module, example, key: str, fmt: str, folder: Path, options: di
     return Artifact.load(folder)
 
 
-def _worker_init() -> None:
+def _die_with_parent(parent: int) -> None:
+    """End this worker when the process that started it dies, even by SIGKILL (no cleanup runs there).
+
+    Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``). Elsewhere a daemon thread
+    watches the parent pid. Either way a parent already gone ends the worker at once."""
+    import signal
+    import sys
+    import threading
+
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            import time
+
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="fbprof-parent-watch", daemon=True).start()
+
+
+def _worker_init(parent: int | None = None) -> None:
+    if parent is not None:
+        _die_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)
@@ -161,7 +194,8 @@ def export_jobs(
     if workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(os.getpid(),)) as pool:
             futs = {pool.submit(job.target, *job.args, fmt, root, options): job for job in todo}
             for fut in as_completed(futs):
                 settle(futs[fut], fut.result)

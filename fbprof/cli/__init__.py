@@ -59,6 +59,10 @@ class _LazyGroup(TyperGroup):
         except FbprofError as e:
             click.echo(f"error: {e}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except OSError as e:  # a file-system problem fbprof did not name itself: still a message
+            where = e.filename or "a file"
+            click.echo(f"error: {where}: {e.strerror or e}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             click.echo("interrupted: finished rows are saved; run the same command again to resume", err=True)
             raise typer.Exit(130) from None

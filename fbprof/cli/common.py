@@ -11,7 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from fbprof.profiler.measure import Listener, MeasureSummary
 
-__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary", "parse_options"]
+__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary", "parse_options",
+           "is_secret_option"]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -19,8 +20,24 @@ err_console = Console(stderr=True, highlight=False)
 
 def command_line() -> str:
     """The command as typed (recorded in LUT headers), without the path of the executable."""
-    args = sys.argv[1:]
+    args = list(sys.argv[1:])
+    for i, a in enumerate(args):  # secrets are not recorded: --token X, --option token=X
+        if i and args[i - 1] == "--token":
+            args[i] = "<secret>"
+        elif a.startswith("--token="):
+            args[i] = "--token=<secret>"
+        elif i and args[i - 1] == "--option" and is_secret_option(a.partition("=")[0]):
+            args[i] = a.partition("=")[0] + "=<secret>"
     return "fbprof " + " ".join(shlex.quote(a) for a in args)
+
+
+#: --option keys whose values are secrets: never echoed, never written to a file
+SECRET_WORDS = ("token", "secret", "password", "passwd", "credential")
+
+
+def is_secret_option(key: str) -> bool:
+    k = key.lower()
+    return any(w in k for w in SECRET_WORDS)
 
 
 def parse_options(items: list[str], flag: str = "--option") -> dict[str, str]:

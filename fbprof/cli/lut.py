@@ -19,6 +19,7 @@ def validate(files: list[Path] = typer.Argument(..., help="LUT CSV files")) -> N
 
     for f in files:
         lut = read_lut(f)
+        lut.space_tags(), lut.threads(), lut.loop_config()  # the structured header fields parse strictly too
         c = lut.counts()
         console.print(f"{f}: valid, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
 
@@ -27,7 +28,7 @@ def validate(files: list[Path] = typer.Argument(..., help="LUT CSV files")) -> N
 def show(
     file: Path = typer.Argument(..., help="LUT CSV"),
     sort: str = typer.Option("key", help="key or latency"),
-    limit: int = typer.Option(0, help="show at most this many rows (0: all)"),
+    limit: int = typer.Option(0, min=0, help="show at most this many rows (0: all)"),
 ) -> None:
     """Print a LUT's header and rows."""
     from fbprof.lut.table import read_lut
@@ -56,7 +57,7 @@ def show(
 def diff(
     a: Path = typer.Argument(..., help="first LUT (e.g. S8)"),
     b: Path = typer.Argument(..., help="second LUT (e.g. iPhone X)"),
-    limit: int = typer.Option(0, help="show only the N ops at each end (0: all)"),
+    limit: int = typer.Option(0, min=0, help="show only the N ops at each end (0: all)"),
 ) -> None:
     """Per-op latency ratio B/A over the common ops, sorted: which ops each device is faster at."""
     from fbprof.lut.predict import diff_luts

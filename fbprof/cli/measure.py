@@ -9,7 +9,7 @@ import typer
 
 import shlex
 
-from fbprof.cli.common import ProgressListener, err_console, parse_options, print_summary
+from fbprof.cli.common import ProgressListener, err_console, is_secret_option, parse_options, print_summary
 
 
 def measure(
@@ -18,7 +18,7 @@ def measure(
     space: str = typer.Option("fbnet", "--space", "-s", help="packaged space name or a space .yaml/.json file"),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="input resolution (default: the space's)"),
     width: Optional[float] = typer.Option(None, "--width", "-w", help="width multiplier (default: the space's)"),
-    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, help="runtime threads (default: the profile's, 1)"),
+    threads: Optional[int] = typer.Option(None, "--threads", "-t", min=1, max=4096, help="runtime threads (default: the profile's, 1)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT CSV to create or extend (default: <device>-<backend>.csv)"),
     remeasure: bool = typer.Option(False, "--remeasure", help="measure every op again, even those already in the LUT"),
     min_runs: int = typer.Option(50, "--min-runs", min=1, help="minimum timed samples per op"),
@@ -44,6 +44,8 @@ def measure(
     from fbprof.profiler.measure import MeasureRequest, measure_lut
     from fbprof.space import load_space
 
+    if onnx_exporter not in ("dynamo", "legacy"):
+        raise InputError(f"--onnx-exporter {onnx_exporter!r}: expected dynamo or legacy")
     prof, address = resolve_device(device, profile, load_profiles(profiles))
     be = backend or prof.backend
     th = threads or prof.threads
@@ -77,9 +79,9 @@ def measure(
         cmd += ["--runner", runner]
     if benchmark_binary:
         cmd += ["--benchmark-binary", str(benchmark_binary)]
-    for item in option:
-        if item.partition("=")[0].strip() != "token":  # a secret: never written into the LUT's header
-            cmd += ["--option", item]
+    for item in option:  # a secret's value is never written (LUT header, lock file)
+        k, _, _ = item.partition("=")
+        cmd += ["--option", f"{k}=<secret>" if is_secret_option(k) else item]
     listener = ProgressListener(quiet=quiet)
     with dev:
         req = MeasureRequest(

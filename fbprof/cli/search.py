@@ -50,6 +50,9 @@ def search(
 ) -> None:
     from fbprof.search.dnas import SearchConfig, run_search
 
+    _check_search_args(out, {"--lr": w_lr, "--theta-lr": theta_lr, "--tau0": tau0, "--target-ms": target_ms,
+                             "--width": width}, {"--tau-decay": tau_decay, "--alpha": alpha, "--beta": beta,
+                                                 "--target-weight": target_weight})
     cfg = SearchConfig(
         lut=str(lut), out=str(out), space=space, lut_resolution=lut_resolution, width=width, head_channels=head_channels,
         data=data, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
@@ -63,6 +66,22 @@ def search(
     finally:
         listener.stop()
     print_result(result)
+
+
+def _check_search_args(out: Path, positive: dict, finite: dict) -> None:
+    """Bad arguments are messages before any work starts (not a traceback after the first epoch)."""
+    import math
+
+    from fbprof.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file; the search writes a folder there", hint="pick another --out")
+    for flag, v in positive.items():
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise InputError(f"{flag} {v!r}: expected a finite number > 0")
+    for flag, v in finite.items():
+        if not math.isfinite(v) or v < 0:
+            raise InputError(f"{flag} {v!r}: expected a finite number >= 0")
 
 
 class SearchProgress(SearchListener):

@@ -105,7 +105,7 @@ def parse_content_length(values: list[str]) -> int | None:
 
 def valid_name(name: str) -> bool:
     """A model name: 1-64 characters of ``A-Z a-z 0-9 . _ -``, not starting with ``.``, ``_`` or ``-``."""
-    return bool(_NAME_RE.match(name)) and ".." not in name
+    return isinstance(name, str) and bool(_NAME_RE.fullmatch(name)) and ".." not in name
 
 
 def model_name(key: str) -> str:

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fbprof.devices.adb_benchmark import benchmark_command, parse_benchmark_output, run_stats
-from fbprof.devices.adb_link import AdbLink, Timeouts, default_key_path, ensure_key
+from fbprof.devices.adb_link import AdbLink, Timeouts, default_key_path, ensure_key, require_adb_shell
 from fbprof.artifact import Artifact
 from fbprof.backends import get_backend
 from fbprof.devices.base import Device, DeviceResult
@@ -152,6 +152,10 @@ class AdbDevice(Device):
         self._rows = 0
         self._tmp = Path(tempfile.mkdtemp(prefix="fbprof-adb-"))
         self.events: list[str] = []
+        #: what this run made on the device, and all cleanup may delete: files it pushed or had written, and
+        #: the folders it created (removed only when empty, deepest first)
+        self.created_files: list[str] = []
+        self.created_dirs: list[str] = []
 
     def check_backend(self, backend: str) -> None:
         try:
@@ -174,8 +178,15 @@ class AdbDevice(Device):
         if backend in self._setup_done:
             return
         self.check_backend(backend)
-        out, rc = self.link.shell(f"mkdir -p {_q(self._rpath('models'))} {_q(self._rpath('out'))}", "preparing "
-                                  + self.remote)
+        # create only the folders that are missing, and say which: cleanup removes those and nothing else
+        wanted = [d for d in (self.remote, self._rpath("models"), self._rpath("out")) if d not in self.created_dirs]
+        script = "; ".join(f"if [ ! -d {_q(d)} ]; then mkdir -p {_q(d)} && echo FBPROF_MKDIR {_q(d)}; fi"
+                           for d in wanted) + "; test -d " + " -a -d ".join(_q(d) for d in wanted)
+        out, rc = self.link.shell(script, "preparing " + self.remote)
+        for line in out.splitlines():
+            made = line[len("FBPROF_MKDIR "):].strip() if line.startswith("FBPROF_MKDIR ") else None
+            if made in wanted and made not in self.created_dirs:
+                self.created_dirs.append(made)
         if rc != 0:
             raise DeviceError(f"cannot create {self.remote} on the device: {out.strip()[-300:]}",
                               hint="pick a writable folder with --option remote_dir=/data/local/tmp/fbprof")
@@ -202,6 +213,7 @@ class AdbDevice(Device):
         for src, name in files:
             local = self._tmp / name
             local.write_bytes(src.read_bytes())
+            self._created(self._rpath(name))
             self.link.push(local, self._rpath(name), f"pushing {name}")
         cmd = f"{_q(self.s.python)} {_q(self._rpath('fbprof_runner.py'))} version {_q(backend)} 2>&1"
         out, rc = self.link.shell(cmd, "checking the device's Python", self._run_timeouts(0.0))  # imports take time
@@ -225,6 +237,7 @@ class AdbDevice(Device):
         if self.s.benchmark_binary:
             local = Path(self.s.benchmark_binary).expanduser()
             self._binary = self._rpath("benchmark_model")
+            self._created(self._binary)
             self.link.push(local, self._binary, "pushing benchmark_model", mode=0o755)
         else:
             self._binary = self.s.benchmark_model
@@ -356,6 +369,29 @@ class AdbDevice(Device):
             env["thermal"] = f"still above {limit:g}C"
         return env
 
+    def _created(self, *paths: str) -> None:
+        for p in paths:
+            if p not in self.created_files:
+                self.created_files.append(p)
+
+    def cleanup_commands(self, limit: int = 3000) -> list[str]:
+        """Shell commands (each under ``limit`` characters) that remove what this run created and nothing
+        else. Folders go with ``rmdir``, which leaves a folder that holds anything fbprof did not put there."""
+        cmds: list[str] = []
+        cur = ""
+        for f in self.created_files:
+            arg = " " + _q(f)
+            if cur and len(cur) + len(arg) > limit:
+                cmds.append(cur)
+                cur = ""
+            cur = (cur or "rm -f --") + arg
+        if cur:
+            cmds.append(cur)
+        dirs = sorted(self.created_dirs, key=lambda d: -d.count("/"))
+        if dirs:
+            cmds.append("; ".join(f"rmdir -- {_q(d)} 2>/dev/null" for d in dirs) + "; true")
+        return cmds
+
     # -- pushing ------------------------------------------------------------------------------
     def prepare(self, artifacts: list[Artifact]) -> None:
         """The artifacts about to be measured: they are pushed in batches as rows come."""
@@ -368,8 +404,10 @@ class AdbDevice(Device):
                          f"{outs}/{name}.output.npy")
         if art.path.is_dir():
             raise MeasurementError(f"{art.key}: {art.path.name} is a folder; adb runners take single-file models")
+        self._created(pushed.model)
         self.link.push(art.path, pushed.model, f"pushing {art.key}")
         if self.s.runner == "python":
+            self._created(pushed.input, pushed.output)
             local_in = self._tmp / "input.npy"
             np.save(local_in, np.ascontiguousarray(art.input), allow_pickle=False)
             self.link.push(local_in, pushed.input, f"pushing the input of {art.key}")
@@ -461,10 +499,12 @@ class AdbDevice(Device):
     # -- closing ------------------------------------------------------------------------------
     def close(self) -> None:
         try:
-            if self.s.cleanup and self._setup_done and self.link._dev is not None:
+            cmds = self.cleanup_commands()
+            if self.s.cleanup and cmds and self.link._dev is not None:
                 self.link.attempts, attempts = 0, self.link.attempts
                 try:
-                    self.link.shell(f"rm -rf {_q(self._rpath('models'))} {_q(self._rpath('out'))}", "cleaning up")
+                    for cmd in cmds:
+                        self.link.shell(cmd, "cleaning up")
                 finally:
                     self.link.attempts = attempts
         except DeviceError:
@@ -495,6 +535,7 @@ def _error_line(out: str) -> dict | None:
 
 def from_profile(profile, address: str | None, options: dict[str, Any]) -> AdbDevice:
     """Transport factory (see fbprof.devices.profiles): connects, so a missing phone fails here."""
+    require_adb_shell()  # before any adb-shell import below: a missing extra is a message, not a traceback
     opts = dict(options)
     settings = parse_settings(profile.settings, opts, profile.source or profile.name)
     if settings.runner == "benchmark_model" and settings.benchmark_binary \

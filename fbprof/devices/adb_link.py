@@ -75,8 +75,56 @@ def default_key_path(options: dict[str, Any] | None = None) -> Path:
     return Path.home() / ".android" / "adbkey"
 
 
+def require_adb_shell() -> None:
+    """adb-shell (the ``adb`` extra) is importable, or a MissingExtraError: checked before anything uses it."""
+    try:
+        import adb_shell.adb_device  # noqa: F401
+        import adb_shell.auth.keygen  # noqa: F401
+        import adb_shell.auth.sign_pythonrsa  # noqa: F401
+    except ImportError:
+        raise MissingExtraError("the adb transport", "adb", "adb_shell") from None
+
+
+def usb_inventory() -> list[str]:
+    """What is on the USB bus, one ``VID:PID description`` line per device (an ADB interface is marked); an
+    empty list where libusb cannot list it. Only used to explain a missing phone."""
+    try:
+        import usb1
+
+        found = []
+        with usb1.USBContext() as ctx:
+            for d in ctx.getDeviceIterator(skip_on_error=True):
+                adb = False
+                try:
+                    for setting in d.iterSettings():
+                        if (setting.getClass(), setting.getSubClass(), setting.getProtocol()) == (0xFF, 0x42, 0x01):
+                            adb = True
+                except Exception:  # noqa: BLE001 - descriptive only
+                    pass
+                try:
+                    what = " ".join(x for x in (d.getManufacturer(), d.getProduct()) if x)
+                except Exception:  # noqa: BLE001 - strings need permission to open the device
+                    what = ""
+                found.append(f"{d.getVendorID():04x}:{d.getProductID():04x}"
+                             + (f" {what}" if what else "") + (" (ADB interface)" if adb else ""))
+        return found
+    except Exception:  # noqa: BLE001 - no libusb, no permission: nothing to list
+        return []
+
+
+def _no_usb_phone(serial: str | None) -> "_Transient":
+    seen = usb_inventory()
+    listing = ("USB devices seen: " + "; ".join(seen[:12])) if seen else "no USB devices could be listed"
+    return _Transient(
+        f"no Android device found over USB (tried {'serial ' + serial if serial else 'any device'}): check the "
+        "cable (a data cable, not charge-only), that USB debugging is on (Settings > Developer options), and "
+        f"accept the 'Allow USB debugging?' prompt on the phone. {listing}",
+        hint="`adb devices` should list it; or reach it over TCP: `adb tcpip 5555`, then --device adb:PHONE_IP:5555")
+
+
 def ensure_key(path: Path) -> Path:
     """Create an adb key pair at ``path`` (2048-bit RSA, private key 0600) unless it exists."""
+    require_adb_shell()
     if path.exists():
         if not Path(str(path) + ".pub").exists():
             from adb_shell.auth.keygen import write_public_keyfile
@@ -187,10 +235,12 @@ class AdbLink:
                     return data
 
             return AdbDevice(_Tcp(self.host, self.port), default_transport_timeout_s=self.quick.transport)
-        from adb_shell.exceptions import InvalidTransportError
+        from adb_shell.exceptions import InvalidTransportError, UsbDeviceNotFoundError
 
-        try:
+        try:  # the constructor looks for the phone: none on the bus raises here, not in connect()
             return AdbDeviceUsb(serial=self.host, default_transport_timeout_s=self.quick.transport)
+        except UsbDeviceNotFoundError:
+            raise _no_usb_phone(self.host) from None
         except InvalidTransportError:
             raise DeviceError(
                 "USB needs adb-shell's USB support (the libusb1 package), which is not installed",
@@ -202,6 +252,7 @@ class AdbLink:
         from adb_shell import exceptions as ex
 
         if self._signers is None:
+            require_adb_shell()
             self._signers = _signers(self.key)
         dev = self._new_device()
         prompted = []
@@ -210,10 +261,7 @@ class AdbLink:
             dev.connect(rsa_keys=self._signers, transport_timeout_s=t.transport, read_timeout_s=t.read,
                         auth_timeout_s=self.auth_timeout_s, auth_callback=lambda _d: prompted.append(True))
         except ex.UsbDeviceNotFoundError:
-            raise _Transient(
-                f"no Android device found over USB (tried {'serial ' + self.host if self.host else 'any device'}): "
-                "check the cable, that USB debugging is on (Settings > Developer options) and that "
-                "`adb devices` lists it", hint="or reach it over TCP: --device adb:PHONE_IP:5555") from None
+            raise _no_usb_phone(self.host) from None
         except ConnectionRefusedError:
             raise _Transient(f"no device at {self.host}:{self.port}: connection refused (tried TCP {self.host}:{self.port}); "
                              "is the phone on and reachable, with `adb tcpip {port}` enabled?".replace("{port}", str(self.port))) from None

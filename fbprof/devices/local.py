@@ -105,6 +105,13 @@ class LocalDevice(Device):
 
 def from_profile(profile, address, options) -> LocalDevice:
     """Transport factory (see fbprof.devices.profiles)."""
+    from fbprof.devices.profiles import coerce_setting
+
     if address:
         raise InputError("the local device takes no address")
-    return LocalDevice(pin=bool(options.get("pin", profile.settings.get("pin", True))))
+    unknown = sorted(set(options) - {"pin"})
+    if unknown:
+        raise InputError(f"unknown local device setting{'s' if len(unknown) > 1 else ''} "
+                         f"{', '.join(map(repr, unknown))}; known: pin")
+    pin = options.get("pin", profile.settings.get("pin", True))
+    return LocalDevice(pin=coerce_setting("pin", pin, "bool", "--option"))

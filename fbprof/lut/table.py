@@ -18,18 +18,19 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 from fbprof.errors import FileFormatError, InputError, LutCoverageError
-from fbprof.fileio import atomic_write_text
+from fbprof.fileio import atomic_write_text, read_text_limited
 from fbprof.loop import STATUSES, LoopConfig, Stats
 from fbprof.spec import OpSpec
 from fbprof.space import Space, SpaceTag, parse_space_tags
 
 __all__ = ["SCHEMA_VERSION", "COLUMNS", "HEADER_ORDER", "IDENTITY_FIELDS", "LutRow", "Lut", "read_lut", "write_lut",
-           "format_lut", "Journal"]
+           "format_lut", "Journal", "clean_cell", "MAX_US", "LUT_FILE_LIMIT"]
 
 SCHEMA_VERSION = 1
 MAGIC = f"# fbprof-lut v{SCHEMA_VERSION}"
@@ -44,6 +45,20 @@ REQUIRED_HEADER = ("device", "backend", "runtime", "threads", "spaces")
 #: rows measured under different values of these cannot share a file
 IDENTITY_FIELDS = ("device", "device_model", "cpu_model", "backend", "runtime", "threads")
 _US_FIELDS = ("median_us", "p10_us", "p90_us", "mean_us", "std_us", "min_us", "max_us")
+#: the largest latency a row may hold (about 11.6 days): a sum of a million of them stays finite
+MAX_US = 1e12
+#: a LUT is read whole; real ones are well under 1 MB
+LUT_FILE_LIMIT = 64 << 20
+#: numbers as fbprof writes them (and as spreadsheets re-save them): no ``1_0``, ``nan``, ``0x10``
+_NUMBER_RE = re.compile(r"[+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_INT_RE = re.compile(r"[+]?[0-9]{1,12}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_cell(text: str, limit: int = 4000) -> str:
+    """Text that came from a device or an exception, made fit for one CSV cell or header line: control
+    characters (newlines included) become spaces, and it is cut to ``limit`` characters."""
+    return _CONTROL_RE.sub(" ", str(text))[:limit]
 
 
 def _fmt_us(v: float | None) -> str:
@@ -72,7 +87,8 @@ class LutRow:
     def cells(self) -> list[str]:
         s = self.stats
         return [self.key, self.status, str(s.n), str(s.repeats), _fmt_us(s.median), _fmt_us(s.p10), _fmt_us(s.p90),
-                _fmt_us(s.mean), _fmt_us(s.std), f"{s.cv:.4f}", _fmt_us(s.min), _fmt_us(s.max), self.env, self.note]
+                _fmt_us(s.mean), _fmt_us(s.std), f"{s.cv:.4f}", _fmt_us(s.min), _fmt_us(s.max), clean_cell(self.env),
+                clean_cell(self.note)]
 
 
 @dataclass
@@ -108,7 +124,7 @@ class Lut:
             raise InputError(f"{self.where('spaces')}: header names {len(tags)} spaces "
                              f"({', '.join(map(str, tags)) or 'none'})",
                              hint="choose one with --space (and --resolution/--width)")
-        return tags[0].load()
+        return tags[0].load(Path(self.path).parent)
 
     def loop_config(self) -> LoopConfig:
         """The measuring loop's settings (``loop`` field; defaults where the field is absent)."""
@@ -164,7 +180,7 @@ def format_lut(header: dict[str, str], rows: Iterable[LutRow]) -> str:
     out = io.StringIO()
     out.write(MAGIC + "\n")
     for name in _ordered(header):
-        value = str(header[name]).replace("\n", " ").strip()
+        value = clean_cell(str(header[name]), 100_000).strip()
         out.write(f"# {name}: {value}\n")
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
@@ -190,16 +206,15 @@ def _num(cell: str, name: str, problems: list[str], where: str, *, integer: bool
             return None
         problems.append(f"{where}: {name} is empty")
         return None
-    try:
-        v = int(cell) if integer else float(cell)
-    except ValueError:
-        problems.append(f"{where}: {name} {cell!r} is not {'an integer' if integer else 'a number'}")
+    if cell.lstrip().startswith("-") and (_INT_RE if integer else _NUMBER_RE).fullmatch(cell.strip().lstrip("-")):
+        problems.append(f"{where}: {name} {cell[:40]!r} is negative")
         return None
-    if not integer and not math.isfinite(v):
-        problems.append(f"{where}: {name} {cell!r} is not finite")
+    if not (_INT_RE if integer else _NUMBER_RE).fullmatch(cell):
+        problems.append(f"{where}: {name} {cell[:40]!r} is not {'an integer' if integer else 'a number'}")
         return None
-    if v < 0:
-        problems.append(f"{where}: {name} {cell!r} is negative")
+    v = int(cell) if integer else float(cell)
+    if not integer and not (math.isfinite(v) and v <= MAX_US):
+        problems.append(f"{where}: {name} {cell[:40]!r} is out of range (at most {MAX_US:g})")
         return None
     return v
 
@@ -225,6 +240,8 @@ def parse_row(cells: list[str], where: str, problems: list[str], line: int) -> L
         problems.append(f"{where}: n must be >= 1")
     if reps is not None and reps < 1:
         problems.append(f"{where}: repeats must be >= 1")
+    if vals["median_us"] is not None and vals["median_us"] <= 0:
+        problems.append(f"{where}: median_us must be > 0 (no op runs in no time)")
     if len(problems) > before:
         return None
     order = [vals["min_us"], vals["p10_us"], vals["median_us"], vals["p90_us"], vals["max_us"]]
@@ -244,15 +261,33 @@ def _split_lines(text: str) -> list[str]:
     return text.split("\n")
 
 
+def _unquote(line: str) -> str:
+    """A header or column line as a CSV tool re-saves it (``"# device: local"``, ``"key","status",...``) back
+    to what fbprof wrote: the cells joined by commas. Any other line is returned as it is."""
+    if not line.startswith('"'):
+        return line
+    try:
+        return ",".join(next(csv.reader([line.rstrip("\r")], strict=True)))
+    except (csv.Error, StopIteration):
+        return line
+
+
 def parse_lut_text(text: str, path: str) -> Lut:
     """Strictly parse a LUT; raise FileFormatError listing every problem as ``path:line: reason``."""
     problems: list[str] = []
+    if text.startswith("\ufeff"):  # a byte-order mark, as some editors save UTF-8
+        text = text[1:]
     lines = _split_lines(text)
     if not text:
         raise FileFormatError(path, [f"{path}:1: empty file (not an fbprof LUT)"])
+    # the header, magic to column line, as written (a CSV tool may have quoted it)
+    for n in range(len(lines)):
+        lines[n] = _unquote(lines[n])
+        if n and not lines[n].startswith("#"):
+            break
     if lines[0].strip() != MAGIC:
         if lines[0].startswith("# fbprof-lut v"):
-            raise FileFormatError(path, [f"{path}:1: unsupported LUT schema {lines[0][2:]!r} (this fbprof reads v{SCHEMA_VERSION})"])
+            raise FileFormatError(path, [f"{path}:1: unsupported LUT schema {lines[0][2:80]!r} (this fbprof reads v{SCHEMA_VERSION})"])
         raise FileFormatError(path, [f"{path}:1: not an fbprof LUT (first line must be {MAGIC!r})"])
     header: dict[str, str] = {}
     header_lines: dict[str, int] = {}
@@ -313,13 +348,9 @@ def parse_lut_text(text: str, path: str) -> Lut:
 
 def read_lut(path: str | Path) -> Lut:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such LUT file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{p}: cannot read: {e}") from None
-    return parse_lut_text(text, str(p))
+    if not p.exists() and not p.is_symlink():
+        raise InputError(f"{p}: no such LUT file")
+    return parse_lut_text(read_text_limited(p, LUT_FILE_LIMIT, "LUT file"), str(p))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,7 +370,10 @@ class Journal:
 
     def read(self) -> tuple[dict[str, str], dict[str, LutRow], list[str]]:
         """(header, rows, notes). Rows later in the journal replace earlier ones (a re-measure)."""
-        text = self.path.read_text(encoding="utf-8")
+        try:
+            text = read_text_limited(self.path, LUT_FILE_LIMIT, "journal")
+        except InputError as e:
+            raise FileFormatError(str(self.path), [e.message], hint=f"delete {self.path} to start over") from None
         notes: list[str] = []
         if not text.endswith("\n"):
             cut = text.rfind("\n") + 1

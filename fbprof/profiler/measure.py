@@ -8,6 +8,7 @@ sorted, when the run ends, is interrupted or fails, so at most the row in flight
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +20,9 @@ from fbprof.backends.base import dist_version
 from fbprof.backends.cache import ArtifactCache
 from fbprof.devices.base import Device
 from fbprof.errors import InputError, MeasurementError
+from fbprof.fileio import LockHeld, OutputLock, WriteError
 from fbprof.loop import INVALID, STATUSES, LoopConfig
-from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, read_lut, write_lut
+from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
 from fbprof.profiler.export import export_ops
 from fbprof.space import SpaceTag, format_space_tags
 from fbprof.spec import OpSpec
@@ -89,7 +91,9 @@ def build_header(req: MeasureRequest) -> dict[str, str]:
     }
     if req.command:
         h["command"] = req.command
-    h.update(req.device.fingerprint(req.backend, req.threads))
+    # the device reports its fingerprint: data, one line each
+    h.update({re.sub(r"[^A-Za-z0-9_.-]", "_", str(k))[:80]: clean_cell(str(v), 2000)
+              for k, v in req.device.fingerprint(req.backend, req.threads).items()})
     return h
 
 
@@ -112,11 +116,35 @@ def _row_from(key: str, result, expected, atol: float, env: dict[str, str]) -> L
     elif result.output is None:
         notes.append("output not checked (runner returns no output)")
     env_all = {**env, **result.env}
-    env_s = ";".join(f"{k}={v}" for k, v in sorted(env_all.items()))
-    return LutRow(key, status, m.stats.scaled(1e6), env_s, "; ".join(notes))
+    return LutRow(key, status, m.stats.scaled(1e6), format_env(env_all), clean_cell("; ".join(map(str, notes))))
+
+
+def format_env(env: dict) -> str:
+    """The ``env`` cell: ``k=v;k=v`` sorted. A device reports these, so each name and value is data: control
+    characters, ``;`` and ``=`` inside them become ``_`` and each is cut to 200 characters."""
+    def part(x: object) -> str:
+        return clean_cell(str(x), 200).replace(";", "_").replace("=", "_")
+
+    return ";".join(f"{part(k)}={part(v)}" for k, v in sorted(env.items(), key=lambda kv: str(kv[0])))
 
 
 def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> MeasureSummary:
+    """Measure what ``req.out`` lacks. One run at a time per LUT: a second run on the same file is refused
+    (an InputError naming the run that holds ``<out>.lock``), so no rows are ever lost between two writers."""
+    try:
+        lock = OutputLock(req.out, req.command or "fbprof measure").acquire()
+    except LockHeld as e:
+        raise InputError(f"{req.out} is being measured by another run: {e.holder}",
+                         hint="wait until it ends (then run this again: it resumes), or write to another --out") from None
+    except OSError as e:
+        raise WriteError(str(req.out) + ".lock", e) from None
+    try:
+        return _measure_lut(req, listener)
+    finally:
+        lock.release()
+
+
+def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> MeasureSummary:
     lis = listener or Listener()
     t_start = time.perf_counter()
     req.device.check_backend(req.backend)
@@ -125,6 +153,10 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: dict[str, LutRow] = {}
     notes: list[str] = []
+    cores = header.get("cores", "")
+    if cores.isdigit() and req.threads > int(cores) > 0:
+        notes.append(f"warning: --threads {req.threads} is more than the device's {cores} cores: "
+                     "its rows would measure contention, not the ops")
     if out.exists():
         existing = read_lut(out)
         _check_identity(existing.header, header, str(out))
