@@ -166,10 +166,6 @@ def test_companion_mutated_valid_requests(companion, data):
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=False, reason=(
-    "phone_server._dispatch: on a ProtocolError it reads int(Content-Length) again; a non-numeric value "
-    "raises ValueError inside the except block, the connection drops without an answer and http.server "
-    "prints a traceback (found by this fuzz test; phone_server.py belongs to issue 17)"))
 def test_companion_answers_a_non_numeric_content_length(companion):
     for auth in (False, True):
         raw = request("PUT", "/v1/models/m", b"", {"Content-Length": "abc"}, auth=auth)
