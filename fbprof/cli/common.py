@@ -66,8 +66,17 @@ def verbosity(quiet: bool = False, verbose: bool = False) -> int:
         return -1
     if verbose:
         return 1
-    ctx = click.get_current_context(silent=True)
+    ctx = _current_context()
     return ctx.find_root().meta.get("fbprof.verbosity", 0) if ctx is not None else 0
+
+
+def _current_context():
+    """The running command's context: typer may run on a click copy of its own (typer._click)."""
+    try:
+        from typer._click.globals import get_current_context
+    except ImportError:  # a typer on plain click
+        get_current_context = click.get_current_context
+    return get_current_context(silent=True) or click.get_current_context(silent=True)
 
 
 def write_plot(path, png: bytes, level: int) -> None:

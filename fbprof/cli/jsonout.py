@@ -101,10 +101,21 @@ def finite(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
+def _clean(v: Any) -> Any:
+    if isinstance(v, float):
+        return finite(v)
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
 def document(name: str, **fields: Any) -> dict:
+    """The document ``name`` (a key of :data:`SCHEMAS`); NaN and infinities become null."""
     if name not in SCHEMAS:
         raise KeyError(name)
-    return {"schema": f"fbprof.{name}/{VERSION}", "fbprof": __version__, **fields}
+    return {"schema": f"fbprof.{name}/{VERSION}", "fbprof": __version__, **_clean(fields)}
 
 
 def emit(name: str, **fields: Any) -> None:
