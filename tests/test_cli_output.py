@@ -235,3 +235,23 @@ def test_version_lists_fbprof_and_every_runtime_without_importing_them():
     assert f"onnxruntime (onnxruntime)  {metadata.version('onnxruntime')}" in text
     for name in ("torch", "litert", "executorch", "coreml"):
         assert f"\n{name} (" in text
+
+
+@pytest.mark.slow
+def test_measure_and_verify_json_documents(tmp_path):
+    out = tmp_path / "tiny.csv"
+    quick = ["--min-runs", "5", "--min-time", "0", "--warmup", "1", "--workers", "1"]
+    res = run("measure", "--space", "tiny", "--backend", "torch", "--out", out, *quick, "--json")
+    assert res.exit_code == 0, res.output
+    doc = doc_of(res, "measure")
+    assert doc["path"] == str(out) and doc["measured"] == 18 and doc["reused"] == 0
+    assert sum(doc["counts"].values()) == 18
+    assert "measuring again after a pause" not in res.stderr  # retries are counted, not printed (without -v)
+    again = doc_of(run("measure", "--space", "tiny", "--backend", "torch", "--out", out, *quick, "--json"), "measure")
+    assert again["measured"] == 0 and again["reused"] == 18
+    res = run("verify", "--lut", out, "--samples", 4, "--rounds", 1, "--noise-repeats", 0, "--calib-fraction", 0.5,
+              "--no-store", "--min-runs", 5, "--min-time", 0, "--workers", 1, "--out", tmp_path / "v", "-q", "--json")
+    assert res.exit_code == 0, res.output
+    doc = doc_of(res, "verify")
+    assert doc["summary"]["counts"]["calibration"] == 2
+    assert {Path(p).name for p in doc["files"].values()} >= {"verify.csv", "summary.json", "verify.png"}
