@@ -137,3 +137,14 @@ def test_every_example_of_the_python_api_doc_runs(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "LutCoverageError" in out  # the last example ran to its end
     assert (tmp_path / "search-out").is_dir()
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    shutil.copytree(REPO / "luts", tmp_path / "luts")
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        exec(compile(code, "README.md", "exec"), {})
+    assert fbprof.read_lut(tmp_path / "copy.csv").rows == fbprof.read_lut(LUT).rows
