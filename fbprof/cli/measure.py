@@ -64,8 +64,8 @@ def measure(
     if backend is None and dev.supported_backends and be not in dev.supported_backends:
         # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML): use what it runs
         be = dev.supported_backends[0]
-        if verbosity(quiet, verbose) >= 0:
-            err_console.print(f"[yellow]{dev.name} cannot run {prof.backend}; measuring with {be} (--backend picks another)")
+        # said even with -q: it changes what the LUT holds
+        err_console.print(f"[yellow]{dev.name} cannot run {prof.backend}; measuring with {be} (--backend picks another)")
     if out is None:
         safe = device.replace(":", "_").replace("/", "_")
         out = Path(f"{safe}-{be}.csv")
