@@ -23,7 +23,7 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/fbprof measure --device local --out $(DEMO_LUT)
-	$(BIN)/fbprof predict fbnet-a fbnet-b fbnet-c --lut $(DEMO_LUT)
+	$(BIN)/fbprof predict fbnet-a fbnet-b fbnet-c --lut $(DEMO_LUT) --plot demo/predict.png
 
 test: install
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

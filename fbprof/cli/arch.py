@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from fbprof.cli.common import console, err_console
+from fbprof.cli.common import console, err_console, json_option, plot_option, quiet_option, verbose_option, verbosity, write_plot
 
 arch_app = typer.Typer(no_args_is_help=True, help="Architectures and search spaces.")
 
@@ -18,11 +18,27 @@ def info(
     arch: str = typer.Argument(..., help="fbnet-a|fbnet-b|fbnet-c or an architecture file"),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r"),
     width: Optional[float] = typer.Option(None, "--width", "-w"),
+    json_out: bool = json_option(),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Per-layer shapes, MACs and params of an architecture."""
     from fbprof.space import load_arch
 
+    verbosity(quiet, verbose)
     a = load_arch(arch, resolution, width)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        layers = []
+        for name, s in a.ops():
+            oh, ow = s.out_hw
+            layers.append({"layer": name, "key": s.key, "block": s.op, "input": [s.cin, s.h, s.w],
+                           "output": [s.cout, oh, ow], "stride": s.stride, "macs": s.macs(), "params": s.params()})
+        emit("arch-info", arch={"name": a.name, "space": a.space.name, "resolution": a.space.resolution,
+                                "width": a.space.width, "head_channels": a.head_channels, "blocks": list(a.blocks)},
+             layers=layers, macs=a.macs(), params=a.params())
+        return
     t = Table("layer", "block", "input", "output", "stride", "MACs", "params", title=f"{a.name} ({a.space.name}, {a.space.resolution}px, width {a.space.width:g})")
     for name, s in a.ops():
         oh, ow = s.out_hw
@@ -32,9 +48,19 @@ def info(
 
 
 @arch_app.command("list")
-def list_() -> None:
+def list_(json_out: bool = json_option(), quiet: bool = quiet_option(), verbose: bool = verbose_option()) -> None:
     """Packaged architectures and spaces."""
     from fbprof.space import arch_names, load_space, space_names
+
+    verbosity(quiet, verbose)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        spaces = [load_space(n) for n in space_names()]
+        emit("arch-list", archs=list(arch_names()),
+             spaces=[{"name": n, "layers": len(s.layers), "resolution": s.resolution, "width": s.width,
+                      "ops": len(s.all_specs())} for n, s in zip(space_names(), spaces)])
+        return
 
     console.print("architectures: " + ", ".join(arch_names()))
     for n in space_names():
@@ -46,17 +72,48 @@ def predict(
     archs: list[str] = typer.Argument(..., help="architecture names or files"),
     lut: Path = typer.Option(..., "--lut", "-l", help="LUT CSV"),
     layers: bool = typer.Option(False, "--layers", help="print the per-layer breakdown"),
+    json_out: bool = json_option(),
+    plot: Optional[Path] = plot_option("stacked per-layer bars, one per architecture"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Predicted latency of architectures from a LUT (total and per layer)."""
     from fbprof.lut.predict import predict as predict_arch
     from fbprof.lut.table import read_lut
     from fbprof.space import load_arch
 
+    level = verbosity(quiet, verbose)
     table = read_lut(lut)
     results = []
     for name in archs:
         a = load_arch(name)
         results.append((a, predict_arch(a, table)))
+    # rows that are not ok, each once, with the architectures that use it
+    not_ok: dict[str, dict] = {}
+    for a, p in results:
+        for c in p.layers:
+            if c.status not in ("ok", "identity"):
+                row = table.rows[c.key]
+                entry = not_ok.setdefault(c.key, {"key": c.key, "status": row.status, "note": row.note, "archs": []})
+                if a.name not in entry["archs"]:
+                    entry["archs"].append(a.name)
+    if plot is not None:
+        from fbprof.lut.plot import predictions_png
+
+        write_plot(plot, predictions_png([(p, a.space) for a, p in results],
+                                         f"{lut.name}: {table.header.get('device', '?')} / {table.header.get('runtime', '?')}"),
+                   -1 if json_out else level)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        emit("predict", lut=_lut_id(table),
+             archs=[{"name": a.name, "space": a.space.name, "resolution": a.space.resolution, "width": a.space.width,
+                     "total_us": p.total_us, "calibrated_us": p.calibrated_us, "macs": a.macs(), "params": a.params(),
+                     "layers": [{"layer": c.layer, "key": c.key, "op": c.key.split(":", 1)[0], "latency_us": c.latency_us,
+                                 "share": c.latency_us / p.total_us if p.total_us else 0.0, "status": c.status,
+                                 "macs": c.macs} for c in p.layers]} for a, p in results],
+             not_ok=[not_ok[k] for k in sorted(not_ok)])
+        return
     for a, p in results:
         if layers or len(archs) == 1:
             t = Table("layer", "op", "µs", "share", "status", title=f"{a.name} on {table.header.get('device', '?')} / {table.header.get('backend', '?')}")
@@ -69,9 +126,22 @@ def predict(
         s.add_row(a.name, f"{p.total_us / 1000:.3f}", "-" if p.calibrated_us is None else f"{p.calibrated_us / 1000:.3f}",
                   f"{a.macs() / 1e6:.1f}M", f"{a.params() / 1e6:.2f}M")
     console.print(s)
-    for a, p in results:
-        for w in p.warnings:
-            err_console.print(f"[yellow]warning ({a.name}): {w}")
+    if not_ok and level >= 0:
+        # one summary, each row once (not once per architecture)
+        users = {n for e in not_ok.values() for n in e["archs"]}
+        err_console.print(f"[yellow]warning: {len(not_ok)} LUT row{'s' if len(not_ok) != 1 else ''} these predictions "
+                          f"use {'are' if len(not_ok) != 1 else 'is'} not ok (used by {', '.join(sorted(users))}); "
+                          "their latencies are less certain" + ("" if level > 0 else " (-v lists them)"))
+        if level > 0:
+            for k in sorted(not_ok):
+                e = not_ok[k]
+                err_console.print(f"  {k}: {e['status']}" + (f", {e['note']}" if e["note"] else "")
+                                  + f" (in {', '.join(e['archs'])})")
+
+
+def _lut_id(table) -> dict:
+    return {"path": str(table.path), "device": table.header.get("device", ""),
+            "backend": table.header.get("backend", ""), "runtime": table.header.get("runtime", "")}
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fbprof.cli.common import console, err_console, parse_options
+from fbprof.cli.common import console, err_console, parse_options, quiet_option, verbose_option, verbosity
 
 
 def export(
@@ -18,6 +18,8 @@ def export(
     width: Optional[float] = typer.Option(None, "--width", "-w", help="width multiplier (default: the space's)"),
     option: list[str] = typer.Option([], "--option", help="exporter setting KEY=VALUE, e.g. precision=fp16 or target=iOS17 for CoreML"),
     check: bool = typer.Option(True, "--check/--no-check", help="run the file once with the local runtime and compare with torch"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Export a whole architecture; the file is checked against torch with the format's local runtime."""
     from fbprof.backends import resolve_format
@@ -27,7 +29,8 @@ def export(
     opts: dict = parse_options(option)
     resolve_format(fmt)  # an unknown format fails before the architecture is built
     a = load_arch(arch, resolution, width)
-    err_console.print(f"exporting {a.name} ({a.space.resolution}px, width {a.space.width:g}, {a.macs() / 1e6:.1f}M MACs) to {fmt}...")
+    if verbosity(quiet, verbose) >= 0:
+            err_console.print(f"exporting {a.name} ({a.space.resolution}px, width {a.space.width:g}, {a.macs() / 1e6:.1f}M MACs) to {fmt}...")
     r = export_arch_file(a, fmt, out, opts, check=check)
     dims = "x".join(map(str, r.input_shape))
     console.print(f"wrote {r.path} ({r.format}, {r.export_s:.1f} s); input {dims} float32 {r.layout.upper()}, "

@@ -3,20 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from fbprof.cli.common import console
+from fbprof.cli.common import console, json_option, plot_option, quiet_option, verbose_option, verbosity, write_plot
 
 lut_app = typer.Typer(no_args_is_help=True, help="Inspect, validate and compare LUT files.")
 
 
 @lut_app.command("validate")
-def validate(files: list[Path] = typer.Argument(..., help="LUT CSV files")) -> None:
+def validate(
+    files: list[Path] = typer.Argument(..., help="LUT CSV files"),
+    json_out: bool = json_option(),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
+) -> None:
     """Check LUT files strictly; every problem is listed as path:line: reason."""
     from fbprof.lut.table import read_lut
 
+    verbosity(quiet, verbose)
+    if json_out:
+        # every file is reported; the exit code is the first invalid file's (as without --json)
+        from fbprof.cli.jsonout import emit
+        from fbprof.errors import FileFormatError
+
+        docs, first_error = [], None
+        for f in files:
+            try:
+                lut = read_lut(f)
+            except FileFormatError as e:
+                first_error = first_error or e
+                docs.append({"path": str(f), "valid": False, "rows": 0, "counts": {}, "problems": list(e.problems)})
+                continue
+            docs.append({"path": str(f), "valid": True, "rows": len(lut), "counts": lut.counts(), "problems": []})
+        emit("lut-validate", valid=first_error is None, files=docs)
+        if first_error is not None:
+            raise typer.Exit(first_error.exit_code)
+        return
     for f in files:
         lut = read_lut(f)
         lut.space_tags(), lut.threads(), lut.loop_config()  # the structured header fields parse strictly too
@@ -29,13 +54,16 @@ def show(
     file: Path = typer.Argument(..., help="LUT CSV"),
     sort: str = typer.Option("key", help="key or latency"),
     limit: int = typer.Option(0, min=0, help="show at most this many rows (0: all)"),
+    json_out: bool = json_option(),
+    plot: Optional[Path] = plot_option("heatmap of searched layer x candidate block, µs (the header's single space)"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Print a LUT's header and rows."""
     from fbprof.lut.table import read_lut
 
+    level = verbosity(quiet, verbose)
     lut = read_lut(file)
-    for k, v in lut.header.items():
-        console.print(f"[dim]{k}:[/] {v}")
     rows = list(lut.rows.values())
     if sort == "latency":
         rows.sort(key=lambda r: -r.median_us)
@@ -43,6 +71,18 @@ def show(
         from fbprof.errors import InputError
 
         raise InputError(f"--sort {sort!r}: expected key or latency")
+    if plot is not None:
+        from fbprof.lut.plot import heatmap_png
+
+        write_plot(plot, heatmap_png(lut, lut.space()), -1 if json_out else level)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        emit("lut-show", path=str(file), header=dict(lut.header), counts=lut.counts(),
+             rows=[_row_json(r) for r in rows[: limit or None]])
+        return
+    for k, v in lut.header.items():
+        console.print(f"[dim]{k}:[/] {v}")
     t = Table("key", "status", "median µs", "p10", "p90", "cv", "n")
     for r in rows[: limit or None]:
         s = r.stats
@@ -58,16 +98,40 @@ def diff(
     a: Path = typer.Argument(..., help="first LUT (e.g. S8)"),
     b: Path = typer.Argument(..., help="second LUT (e.g. iPhone X)"),
     limit: int = typer.Option(0, min=0, help="show only the N ops at each end (0: all)"),
+    json_out: bool = json_option(),
+    plot: Optional[Path] = plot_option("per-op ratio B/A, grouped by stage and block, log scale"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
 ) -> None:
     """Per-op latency ratio B/A over the common ops, sorted: which ops each device is faster at."""
     from fbprof.lut.predict import diff_luts
     from fbprof.lut.table import read_lut
 
+    level = verbosity(quiet, verbose)
     la, lb = read_lut(a), read_lut(b)
     d = diff_luts(la, lb)
     rows = d.rows
     if limit and len(rows) > 2 * limit:
         rows = rows[:limit] + rows[-limit:]
+    if plot is not None:
+        from fbprof.lut.plot import diff_png
+
+        write_plot(plot, diff_png(d, _label(la, a), _label(lb, b)), -1 if json_out else level)
+    if json_out:
+        import statistics
+
+        from fbprof.cli.jsonout import emit, finite
+
+        ratios = [r.ratio for r in d.rows]
+        faster_b = sum(1 for x in ratios if x < 1)
+        emit("lut-diff", a=_lut_id(la), b=_lut_id(lb),
+             rows=[{"key": r.key, "a_us": r.a_us, "b_us": r.b_us, "ratio": finite(r.ratio)} for r in rows],
+             only_a=d.only_a, only_b=d.only_b,
+             summary={"common": len(ratios), "b_faster": faster_b, "a_faster": len(ratios) - faster_b,
+                      "median_ratio": finite(statistics.median(ratios)) if ratios else None,
+                      "min_ratio": finite(min(ratios)) if ratios else None,
+                      "max_ratio": finite(max(ratios)) if ratios else None})
+        return
     t = Table("key", f"A µs ({a.name})", f"B µs ({b.name})", "B/A")
     for r in rows:
         t.add_row(r.key, f"{r.a_us:.1f}", f"{r.b_us:.1f}", f"{r.ratio:.2f}")
@@ -81,6 +145,24 @@ def diff(
                       f"median B/A {statistics.median(ratios):.2f} (range {min(ratios):.2f}..{max(ratios):.2f})")
     if d.only_a or d.only_b:
         console.print(f"only in A: {len(d.only_a)} ops, only in B: {len(d.only_b)} ops")
+
+
+def _label(lut, path: Path) -> str:
+    """A short name for a LUT in a figure: device/runtime from its header, else the file name."""
+    dev, be = lut.header.get("device", ""), lut.header.get("backend", "")
+    return f"{dev}/{be}" if dev and be else path.stem
+
+
+def _lut_id(lut) -> dict:
+    return {"path": str(lut.path), "device": lut.header.get("device", ""), "backend": lut.header.get("backend", ""),
+            "runtime": lut.header.get("runtime", "")}
+
+
+def _row_json(r) -> dict:
+    s = r.stats
+    return {"key": r.key, "status": r.status, "n": s.n, "repeats": s.repeats, "median_us": s.median, "p10_us": s.p10,
+            "p90_us": s.p90, "mean_us": s.mean, "std_us": s.std, "cv": s.cv, "min_us": s.min, "max_us": s.max,
+            "env": r.env, "note": r.note}
 
 
 def register(app: typer.Typer) -> None:

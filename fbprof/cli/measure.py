@@ -9,7 +9,8 @@ import typer
 
 import shlex
 
-from fbprof.cli.common import ProgressListener, err_console, is_secret_option, parse_options, print_summary
+from fbprof.cli.common import (ProgressListener, err_console, is_secret_option, json_option, parse_options,
+                               print_summary, verbose_option, verbosity)
 
 
 def measure(
@@ -35,6 +36,8 @@ def measure(
     token: Optional[str] = typer.Option(None, "--token", help="ios: pairing token shown by the companion app"),
     option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    verbose: bool = verbose_option(),
+    json_out: bool = json_option(),
 ) -> None:
     """Measure every op of a search space on a device and write (or extend) its LUT CSV."""
     from fbprof.devices.profiles import load_profiles, open_device, resolve_device
@@ -63,6 +66,7 @@ def measure(
     if backend is None and dev.supported_backends and be not in dev.supported_backends:
         # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML): use what it runs
         be = dev.supported_backends[0]
+        # said even with -q: it changes what the LUT holds
         err_console.print(f"[yellow]{dev.name} cannot run {prof.backend}; measuring with {be} (--backend picks another)")
     if out is None:
         safe = device.replace(":", "_").replace("/", "_")
@@ -82,7 +86,8 @@ def measure(
     for item in option:  # a secret's value is never written (LUT header, lock file)
         k, _, _ = item.partition("=")
         cmd += ["--option", f"{k}=<secret>" if is_secret_option(k) else item]
-    listener = ProgressListener(quiet=quiet)
+    level = verbosity(quiet, verbose)
+    listener = ProgressListener(quiet=level < 0, verbose=level > 0)
     with dev:
         req = MeasureRequest(
             specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
@@ -91,7 +96,17 @@ def measure(
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )
         summary = measure_lut(req, listener)
-    print_summary(summary)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        c = summary.counts
+        emit("measure", path=str(summary.path), valid=not summary.failed and c.get("invalid", 0) == 0,
+             counts=dict(c), measured=summary.measured, reused=summary.reused, failed=dict(summary.failed),
+             not_ok=[{"key": r.key, "status": r.status, "cv": r.stats.cv, "note": r.note} for r in listener.not_ok],
+             retried=len(listener.retried), wall_s=round(summary.wall_s, 3), export_s=round(summary.export_s, 3),
+             loop_s=round(summary.loop_s, 3), interrupted=summary.interrupted)
+    else:
+        print_summary(summary, listener, level)
     if summary.failed or summary.counts.get("invalid", 0):
         raise typer.Exit(1)
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fbprof.cli.common import console, err_console, parse_options
+from fbprof.cli.common import console, err_console, json_option, parse_options, verbose_option, verbosity
 
 
 class _Progress:
@@ -47,7 +47,8 @@ class _Progress:
         self.progress.update(self.measure_task, advance=1, current=f"round {round_index + 1}: {name} {median_us / 1000:.2f} ms")
 
     def on_note(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]{message}")
+        if not self.quiet:
+            self.progress.console.print(f"[yellow]{message}")
 
     def stop(self) -> None:
         self.progress.stop()
@@ -94,6 +95,8 @@ def verify(
     breakdown_worst: int = typer.Option(0, "--breakdown-worst", min=0, help="with --breakdown mode: also the N held-out "
                                         "random networks the raw LUT sum missed most in --out/verify.csv (an earlier run)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+    verbose: bool = verbose_option(),
+    json_out: bool = json_option(),
 ) -> None:
     """Measure random whole networks end to end and compare them with the LUT's predictions.
 
@@ -148,7 +151,8 @@ def verify(
                    shlex.join(args), quiet)
         return
     cmd = shlex.join(args)
-    listener = _Progress(quiet)
+    level = verbosity(quiet, verbose)
+    listener = _Progress(level < 0)
     with open_device(prof, address, opts) as dev:
         req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, samples=samples, seed=seed, rounds=rounds,
                             loop=loop, calibrate=calibrate, store=store, calib_fraction=calib_fraction,
@@ -159,12 +163,24 @@ def verify(
         finally:
             listener.stop()
     if result is None:
+        if json_out:
+            from fbprof.cli.jsonout import emit
+
+            emit("verify", summary={"export_only": True, "samples": samples}, files={}, failed={})
+            return
         console.print(f"exported {samples} random + published networks into the cache; measure with the same command "
                       "without --export-only")
         return
     paths = write_report(result, out)
     atomic_write_text(Path(out) / "COMMAND.txt", cmd + "\n")
     s = result.summary
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        emit("verify", summary=s, files={k: str(v) for k, v in paths.items()}, failed=dict(result.failed))
+        if result.failed:
+            raise typer.Exit(1)
+        return
     console.print(_line("raw, all", s["raw"]["all"]))
     console.print(_line("raw, held-out", s["raw"]["held_out"]))
     if s["calibrated"].get("held_out"):

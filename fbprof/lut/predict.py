@@ -31,6 +31,20 @@ class Prediction:
     def best_us(self) -> float:
         return self.calibrated_us if self.calibrated_us is not None else self.total_us
 
+    def to_pandas(self):
+        """One row per layer: layer, key, op, latency_us, share (of the raw total), status, macs. ``attrs``: arch,
+        total_us, calibrated_us, warnings."""
+        import pandas as pd
+
+        df = pd.DataFrame.from_records(
+            [{"layer": c.layer, "key": c.key, "op": c.key.split(":", 1)[0], "latency_us": c.latency_us,
+              "share": c.latency_us / self.total_us if self.total_us else 0.0, "status": c.status, "macs": c.macs}
+             for c in self.layers],
+            columns=["layer", "key", "op", "latency_us", "share", "status", "macs"])
+        df.attrs = {"arch": self.arch, "total_us": self.total_us, "calibrated_us": self.calibrated_us,
+                    "warnings": list(self.warnings)}
+        return df
+
 
 def predict(arch: Arch, lut: Lut) -> Prediction:
     """Sum of the LUT medians over the architecture's layers (identity skips cost 0).

@@ -174,6 +174,26 @@ class Lut:
             out[r.status] += 1
         return out
 
+    # -- pandas and writing (see fbprof.lut.frame) --------------------------------------------------
+    def to_pandas(self):
+        """One row per op: the CSV columns plus the key's op/cin/h/w/cout/stride; the header in ``df.attrs``."""
+        from fbprof.lut.frame import lut_to_frame
+
+        return lut_to_frame(self)
+
+    @classmethod
+    def from_pandas(cls, df, header: dict[str, str] | None = None, path: str | None = None) -> "Lut":
+        """The inverse of :meth:`to_pandas` (header and path from ``df.attrs`` unless given); rows checked strictly."""
+        from fbprof.lut.frame import lut_from_frame
+
+        return lut_from_frame(df, header, path)
+
+    def write(self, path: str | Path | None = None) -> Path:
+        """Write this LUT (sorted, fixed formatting) atomically to ``path`` (default: its own path)."""
+        target = Path(self.path if path is None else path)
+        write_lut(target, self.header, self.rows.values())
+        return target
+
 
 # ------------------------------------------------------------------------------------------------
 def format_lut(header: dict[str, str], rows: Iterable[LutRow]) -> str:

@@ -39,7 +39,7 @@ from fbprof.space import Arch, load_space
 from fbprof.verify.measure import measure_interleaved
 from fbprof.verify.plan import VerifyListener
 
-__all__ = ["BreakdownRequest", "LayerCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
+__all__ = ["BreakdownRequest", "InContextCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
            "BREAKDOWN_COLUMNS", "BREAKDOWN_FILES"]
 
 BREAKDOWN_COLUMNS = ("arch", "index", "layer", "key", "isolated_us", "isolated_now_us", "in_context_us", "ratio",
@@ -68,7 +68,7 @@ class BreakdownRequest:
 
 
 @dataclass
-class LayerCost:
+class InContextCost:
     index: int  # 1-based position in the network
     layer: str  # stem, L01.., head, pool, fc
     key: str  # the op's LUT key
@@ -90,7 +90,7 @@ class LayerCost:
 @dataclass
 class Breakdown:
     arch: Arch
-    layers: list[LayerCost]
+    layers: list[InContextCost]
     failed: dict[str, str]
 
     @property
@@ -179,7 +179,7 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
             failed[n] = "; ".join(ns)
     out = []
     for a in req.archs:
-        costs: list[LayerCost] = []
+        costs: list[InContextCost] = []
         prev: float | None = 0.0
         for k, (layer, spec) in enumerate(a.ops(), start=1):
             name = _name(a, k)
@@ -189,7 +189,7 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
             diff = None if t is None or prev is None else t - prev
             alone = per.get(f"op:{spec.key}") or []
             now = 0.0 if spec.is_identity else (statistics.median(alone) if alone and f"op:{spec.key}" not in failed else None)
-            costs.append(LayerCost(k, layer, spec.key, lut.latency_us(spec), now, diff, t, spread))
+            costs.append(InContextCost(k, layer, spec.key, lut.latency_us(spec), now, diff, t, spread))
             prev = t
         out.append(Breakdown(a, costs, {n: w for n, w in failed.items() if n.startswith(a.name + "/")}))
     return out

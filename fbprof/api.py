@@ -1,0 +1,289 @@
+"""fbprof's public Python API: the names ``import fbprof`` offers (see docs/python-api.md).
+
+Everything here is also reachable as ``fbprof.<name>`` (``fbprof/__init__.py`` loads this module the
+first time such a name is used, so ``import fbprof`` and ``fbprof --help`` stay light).
+
+Stable names (:data:`STABLE`) keep their signatures and meaning within a major version; anything else
+in ``fbprof.*`` is internal and may change. The library never prints: progress and results reach you
+through the return values and the listener objects you pass in (every listener method is optional;
+subclass the listener or pass any object with the methods you want).
+
+::
+
+    import fbprof
+    lut = fbprof.read_lut("luts/local-cpu-onnxruntime.csv")
+    df = lut.to_pandas()                      # one row per op, header in df.attrs["header"]
+    p = fbprof.predict("fbnet-a", lut)        # p.total_us, p.layers, p.to_pandas()
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from fbprof import __version__
+from fbprof.errors import (DeviceError, FbprofError, FileFormatError, InputError, LutCoverageError, MeasurementError,
+                           MissingExtraError)
+from fbprof.loop import LoopConfig, Stats
+from fbprof.lut.predict import LayerCost, LutDiff, LutDiffRow, Prediction, diff_luts as _diff_luts
+from fbprof.lut.predict import predict as _predict
+from fbprof.lut.table import Lut, LutRow, read_lut as _read_lut
+from fbprof.space import Arch, Space, arch_names, load_arch, load_space, space_names
+from fbprof.spec import OpSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from fbprof.profiler.measure import MeasureSummary
+    from fbprof.search.dnas import SearchConfig, SearchListener, SearchResult
+    from fbprof.verify import VerifyResult
+
+#: the public, stable names (``fbprof.<name>``)
+STABLE = (
+    "__version__",
+    # LUTs
+    "Lut", "LutRow", "Stats", "read_lut", "write_lut", "validate_lut", "LutCheck", "diff_luts", "LutDiff", "LutDiffRow",
+    # spaces and architectures
+    "Space", "Arch", "OpSpec", "load_space", "load_arch", "space_names", "arch_names",
+    # prediction
+    "predict", "predict_frame", "Prediction", "LayerCost",
+    # measuring, verifying, searching
+    "LoopConfig", "MeasureConfig", "MeasureListener", "MeasureSummary", "run_measure",
+    "VerifyConfig", "VerifyListener", "VerifyResult", "run_verify",
+    "SearchConfig", "SearchListener", "SearchResult", "run_search",
+    # errors
+    "FbprofError", "InputError", "FileFormatError", "LutCoverageError", "MissingExtraError", "DeviceError",
+    "MeasurementError",
+)
+__all__ = list(STABLE) + ["STABLE"]
+
+#: names that load heavier modules (numpy, the profiler), resolved on first use by :func:`__getattr__`
+_LAZY = {
+    "MeasureListener": ("fbprof.profiler.measure", "Listener"),
+    "MeasureSummary": ("fbprof.profiler.measure", "MeasureSummary"),
+    "VerifyListener": ("fbprof.verify.plan", "VerifyListener"),
+    "VerifyResult": ("fbprof.verify.stats", "VerifyResult"),
+    "SearchConfig": ("fbprof.search.dnas", "SearchConfig"),
+    "SearchListener": ("fbprof.search.dnas", "SearchListener"),
+    "SearchResult": ("fbprof.search.dnas", "SearchResult"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'fbprof.api' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# ------------------------------------------------------------------------------------------------
+# LUTs
+def read_lut(path: str | Path) -> Lut:
+    """Read a LUT CSV strictly; a bad file raises :class:`FileFormatError` listing every ``path:line: reason``."""
+    return _read_lut(path)
+
+
+def write_lut(lut: Lut, path: str | Path | None = None) -> Path:
+    """Write ``lut`` atomically (rows sorted, fixed number format) to ``path`` (default: ``lut.path``)."""
+    return lut.write(path)
+
+
+@dataclass(frozen=True)
+class LutCheck:
+    """The result of :func:`validate_lut`."""
+
+    path: str
+    valid: bool
+    rows: int
+    counts: dict[str, int]  # rows per status (ok, unstable, invalid); empty when the file is not valid
+    problems: list[str]  # "path:line: reason", empty when valid
+
+
+def validate_lut(path: str | Path) -> LutCheck:
+    """Check a LUT file without raising for a malformed one (a missing file still raises :class:`InputError`)."""
+    try:
+        lut = _read_lut(path)
+    except FileFormatError as e:
+        return LutCheck(str(path), False, 0, {}, list(e.problems))
+    return LutCheck(str(path), True, len(lut), lut.counts(), [])
+
+
+def _lut(lut: Lut | str | Path) -> Lut:
+    return lut if isinstance(lut, Lut) else _read_lut(lut)
+
+
+def diff_luts(a: Lut | str | Path, b: Lut | str | Path) -> LutDiff:
+    """Per-op latency ratio B/A over the ops both LUTs hold (sorted by ratio), and the ops only one holds."""
+    return _diff_luts(_lut(a), _lut(b))
+
+
+# ------------------------------------------------------------------------------------------------
+# prediction
+def predict(arch: Arch | str | Path, lut: Lut | str | Path, *, resolution: int | None = None,
+            width: float | None = None) -> Prediction:
+    """Predicted latency of one architecture (a packaged name, a file or an :class:`Arch`) from a LUT.
+
+    ``Prediction.total_us`` is the LUT sum, ``calibrated_us`` the calibrated one when the LUT carries a
+    calibration, ``layers`` the per-layer costs and ``to_pandas()`` them as a DataFrame. Rows that are not
+    ``ok`` are named in ``warnings``; a LUT lacking an op raises :class:`LutCoverageError`.
+    """
+    a = arch if isinstance(arch, Arch) else load_arch(arch, resolution, width)
+    return _predict(a, _lut(lut))
+
+
+def predict_frame(archs: Iterable[Arch | str | Path], lut: Lut | str | Path) -> "pd.DataFrame":
+    """One row per architecture: arch, total_us, calibrated_us, macs, params, unstable (rows not ok)."""
+    import pandas as pd
+
+    table = _lut(lut)
+    records = []
+    for arch in archs:
+        a = arch if isinstance(arch, Arch) else load_arch(arch)
+        p = _predict(a, table)
+        records.append({"arch": a.name, "total_us": p.total_us, "calibrated_us": p.calibrated_us, "macs": a.macs(),
+                        "params": a.params(), "unstable": sum(c.status not in ("ok", "identity") for c in p.layers)})
+    df = pd.DataFrame.from_records(records, columns=["arch", "total_us", "calibrated_us", "macs", "params", "unstable"])
+    df.attrs = {"lut": str(table.path), "header": dict(table.header)}
+    return df
+
+
+# ------------------------------------------------------------------------------------------------
+# measuring
+@dataclass
+class MeasureConfig:
+    """What :func:`run_measure` measures, and how (the options of ``fbprof measure``)."""
+
+    out: str | Path  # LUT CSV to create or extend
+    device: str = "local"  # profile name (local, s8, iphonex) or adb:SERIAL, adb:HOST:PORT, ios:HOST:PORT
+    backend: str | None = None  # default: the device profile's
+    space: str | Path = "fbnet"
+    resolution: int | None = None
+    width: float | None = None
+    keys: list[str] | None = None  # measure only these op keys of the space (default: every op)
+    threads: int | None = None  # default: the profile's
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    remeasure: bool = False
+    export_workers: int = 1
+    cache_dir: str | Path | None = None  # default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts
+    profile: str | None = None  # profile of an adb:/ios: address
+    options: dict[str, Any] = field(default_factory=dict)  # device settings (the CLI's --option KEY=VALUE)
+
+
+def run_measure(config: MeasureConfig, listener: Any = None) -> "MeasureSummary":
+    """Measure the ops of a space on a device into a LUT (resuming and extending like ``fbprof measure``).
+
+    ``listener``: a :class:`MeasureListener` (or any object with some of its ``on_*`` methods).
+    """
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.profiler.measure import MeasureRequest, measure_lut
+
+    prof, address = resolve_device(config.device, config.profile, load_profiles())
+    sp = load_space(config.space, config.resolution, config.width)
+    specs = sp.all_specs()
+    if config.keys is not None:
+        have = {s.key: s for s in specs}
+        unknown = [k for k in config.keys if k not in have]
+        if unknown:
+            raise InputError(f"MeasureConfig.keys: {', '.join(unknown)} not in space {sp.name} "
+                             f"at {sp.resolution}, width {sp.width:g}")
+        specs = [have[k] for k in config.keys]
+    backend = config.backend or prof.backend
+    threads = config.threads or prof.threads
+    command = shlex.join(["fbprof.measure", f"device={config.device}", f"backend={backend}", f"space={sp.tag}",
+                          f"threads={threads}", f"out={config.out}"])
+    with open_device(prof, address, dict(config.options)) as dev:
+        req = MeasureRequest(specs=specs, out=Path(config.out), device=dev, backend=backend, threads=threads,
+                             loop=config.loop, spaces=[sp.tag], remeasure=config.remeasure,
+                             cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, command=command)
+        return measure_lut(req, _adapt(listener, "fbprof.profiler.measure", "Listener"))
+
+
+# ------------------------------------------------------------------------------------------------
+# verifying
+@dataclass
+class VerifyConfig:
+    """What :func:`run_verify` measures (the options of ``fbprof verify``)."""
+
+    lut: str | Path
+    device: str = "local"
+    backend: str | None = None
+    space: str | Path | None = None  # default: the LUT header's single space
+    resolution: int | None = None
+    width: float | None = None
+    samples: int = 100
+    seed: int = 0
+    rounds: int = 3
+    noise_repeats: int = 6
+    calib_fraction: float = 0.3
+    calibrate: bool = True
+    store: bool = True  # write a fitted calibration into the LUT header
+    published: bool = True  # add FBNet-A/B/C for the fbnet space
+    loop: LoopConfig | None = None  # default: the LUT's
+    export_workers: int = 1
+    cache_dir: str | Path | None = None
+    report_dir: str | Path | None = None  # when given: verify.csv, summary.json and verify.png are written there
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_verify(config: VerifyConfig, listener: Any = None) -> "VerifyResult":
+    """Measure random whole networks end to end and compare them with the LUT's predictions.
+
+    ``result.summary`` is the dict written as summary.json; ``result.results`` one entry per network.
+    """
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.verify import VerifyRequest, run_verify, write_report
+
+    prof, address = resolve_device(config.device, None, load_profiles())
+    sp = load_space(config.space, config.resolution, config.width) if config.space is not None else None
+    with open_device(prof, address, dict(config.options)) as dev:
+        req = VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp,
+                            samples=config.samples, seed=config.seed, rounds=config.rounds, loop=config.loop,
+                            calibrate=config.calibrate, store=config.store, calib_fraction=config.calib_fraction,
+                            noise_repeats=config.noise_repeats, published=config.published,
+                            cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,
+                            command=f"fbprof.verify({config.lut})")
+        result = run_verify(req, _adapt(listener, "fbprof.verify.plan", "VerifyListener"))
+    if config.report_dir is not None:
+        write_report(result, Path(config.report_dir))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# searching
+def run_search(config: "SearchConfig", listener: Any = None) -> "SearchResult":
+    """FBNet differentiable architecture search with the LUT in the loss (``fbprof search``); needs torch.
+
+    ``config`` is a :class:`SearchConfig` (``fbprof.SearchConfig(lut=..., out=..., epochs=...)``).
+    """
+    from fbprof.search.dnas import run_search
+
+    return run_search(config, _adapt(listener, "fbprof.search.dnas", "SearchListener"))
+
+
+def _adapt(listener: Any, module: str, base: str) -> Any:
+    """A listener with every method: the caller's where it has one, the base class's no-op otherwise."""
+    import importlib
+
+    cls = getattr(importlib.import_module(module), base)
+    if listener is None or isinstance(listener, cls):
+        return listener
+
+    class _Adapter(cls):  # type: ignore[misc, valid-type]
+        def __getattribute__(self, name: str) -> Any:
+            if name.startswith("on_") and hasattr(listener, name):
+                return getattr(listener, name)
+            return object.__getattribute__(self, name)
+
+    return _Adapter()
