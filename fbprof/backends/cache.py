@@ -13,16 +13,17 @@ import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from fbprof.artifact import Artifact, to_layout
 from fbprof.backends import backend_for_format
 from fbprof.errors import MeasurementError, MissingExtraError
 
-__all__ = ["ArtifactCache", "default_cache_dir", "export_module", "ExportJob", "export_jobs"]
+__all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
+           "export_stream", "worker_placements"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,19 +65,38 @@ class ArtifactCache:
         return None
 
 
-def export_module(module, example, key: str, fmt: str, folder: Path, options: dict | None = None) -> Artifact:
-    """Export ``module`` (eval mode) on ``example`` into ``folder`` atomically; returns the artifact."""
-    import torch
-
-    options = dict(options or {})
-    exp = backend_for_format(fmt)
-    fn = exp.exporter()
-    with torch.no_grad():
-        expected = module(example).detach().numpy()
+def _stage(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _settle(module, example, key: str, fmt: str, tmp: Path, folder: Path, model_path: Path, layout: str,
+            options: dict) -> Artifact:
+    """Record torch's output beside the exported model in ``tmp``, then move ``tmp`` to ``folder`` atomically."""
+    import torch
+
+    with torch.no_grad():
+        expected = module(example).detach().numpy()
+    art = Artifact(key, fmt, model_path, to_layout(example.numpy(), layout), to_layout(expected, layout), layout,
+                   {"options": options})
+    art.save_arrays(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same artifact first: keep theirs
+        if not (folder / "meta.json").exists():
+            raise
+    return Artifact.load(folder)
+
+
+def export_module(module, example, key: str, fmt: str, folder: Path, options: dict | None = None) -> Artifact:
+    """Export ``module`` (eval mode) on ``example`` into ``folder`` atomically; returns the artifact."""
+    options = dict(options or {})
+    exp = backend_for_format(fmt)
+    fn = exp.exporter()
+    tmp = _stage(folder)
     try:
         model_path = tmp / f"model{exp.suffix}"
         try:
@@ -85,39 +105,206 @@ def export_module(module, example, key: str, fmt: str, folder: Path, options: di
             raise
         except Exception as e:  # converter failures carry the op key
             raise MeasurementError(f"exporting {key} to {fmt} failed: {type(e).__name__}: {str(e)[:500]}") from e
-        art = Artifact(key, fmt, model_path, to_layout(example.numpy(), layout), to_layout(expected, layout), layout,
-                       {"options": options})
-        art.save_arrays(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same artifact first: keep theirs
-            if not (folder / "meta.json").exists():
-                raise
+        return _settle(module, example, key, fmt, tmp, folder, model_path, layout, options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Artifact.load(folder)
 
 
-def _worker_init() -> None:
+def export_modules(items: list[tuple], fmt: str, options: dict | None = None) -> dict[str, Artifact | MeasurementError]:
+    """Export several ``(module, example, key, folder)`` at once, keyed by key; failures are returned.
+
+    A backend with ``export_batch(modules, examples, paths, options) -> layouts`` converts them together
+    (one conversion, split into one model file per module); otherwise, or when the batch conversion
+    fails, each is exported alone (:func:`export_module`), so one bad op costs only its own row."""
+    options = dict(options or {})
+    exp = backend_for_format(fmt)
+    exp.exporter()
+    batch_fn = getattr(exp.module, "export_batch", None)
+    out: dict[str, Artifact | MeasurementError] = {}
+    if batch_fn is not None and len(items) > 1:
+        stages = [_stage(folder) for _, _, _, folder in items]
+        try:
+            paths = [tmp / f"model{exp.suffix}" for tmp in stages]
+            layouts = batch_fn([m for m, *_ in items], [x for _, x, *_ in items], paths, options)
+            for (module, example, key, folder), tmp, path, layout in zip(items, stages, paths, layouts):
+                out[key] = _settle(module, example, key, fmt, tmp, folder, path, layout, options)
+        except MissingExtraError:
+            raise
+        except Exception:  # noqa: BLE001 - fall back to one conversion per module below
+            pass
+        finally:
+            for tmp in stages:
+                shutil.rmtree(tmp, ignore_errors=True)
+    for module, example, key, folder in items:
+        if key not in out:
+            try:
+                out[key] = export_module(module, example, key, fmt, folder, options)
+            except MeasurementError as e:
+                out[key] = e
+    return out
+
+
+def _worker_init(slot=None, placements=()) -> None:
+    """Spawned export worker: one torch thread; its cores and scheduling class from ``placements``
+    (``(cores or None, idle)`` per worker, taken in start order): an ``idle`` worker runs at
+    SCHED_IDLE, so it only uses a core (the measuring one) while nothing else wants it."""
     import torch
 
     torch.set_num_threads(1)
+    cores, idle = None, False
+    if slot is not None and placements:
+        with slot.get_lock():
+            i = slot.value
+            slot.value += 1
+        cores, idle = placements[i % len(placements)]
     if hasattr(os, "sched_setaffinity"):
         try:
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+            os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+    if idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
+
+
+def worker_placements(workers: int, avoid_cores: set[int] | None) -> list[tuple[tuple[int, ...] | None, bool]]:
+    """Where ``workers`` export processes run while this process measures on ``avoid_cores``: on the other
+    cores at normal priority (at most one per core), the rest on ``avoid_cores`` at idle priority. Without
+    cores to avoid (or none left over), anywhere."""
+    if not avoid_cores or not hasattr(os, "sched_getaffinity"):
+        return [(None, False)] * workers
+    allowed = set(os.sched_getaffinity(0))
+    free = tuple(sorted(allowed - set(avoid_cores)))
+    busy = tuple(sorted(allowed & set(avoid_cores)))
+    if not free or not busy:
+        return [(None, False)] * workers
+    normal = min(workers, len(free))
+    return [(free, False)] * normal + [(busy, True)] * (workers - normal)
 
 
 @dataclass(frozen=True)
 class ExportJob:
     """One artifact to export: ``target(*args, fmt, cache_root, options)`` (a module-level function, so it
-    can run in a spawned worker) leaves it in the cache under ``cache_key``; ``name`` is what it is reported as."""
+    can run in a spawned worker) leaves it in the cache under ``cache_key``; ``name`` is what it is reported as.
+
+    ``batch_target(list_of_args, fmt, cache_root, options) -> {name: error}``, when given, exports several
+    jobs of the same kind at once (see :func:`export_modules`)."""
 
     name: str
     cache_key: str
     target: Callable[..., None]
     args: tuple = ()
+    batch_target: Callable[..., dict] | None = None
+
+
+#: batch sizes of a run's first conversions (then the last one repeats): small first, so measuring starts early
+RAMP = (2, 4)
+
+
+def _units(todo: list[ExportJob], batch: int) -> list[list[ExportJob]]:
+    units: list[list[ExportJob]] = []
+    i = 0
+    while i < len(todo):
+        job = todo[i]
+        size = 1
+        if job.batch_target is not None and batch > 1:
+            size = min(batch, RAMP[len(units)]) if len(units) < len(RAMP) else batch
+        unit = [job]
+        while len(unit) < size and i + len(unit) < len(todo) and todo[i + len(unit)].batch_target is job.batch_target:
+            unit.append(todo[i + len(unit)])
+        units.append(unit)
+        i += len(unit)
+    return units
+
+
+def _run_unit(unit: list[ExportJob], fmt: str, root: str, options: dict) -> dict[str, str]:
+    if len(unit) == 1 or unit[0].batch_target is None:
+        for job in unit:
+            job.target(*job.args, fmt, root, options)
+        return {}
+    return unit[0].batch_target([job.args for job in unit], fmt, root, options)
+
+
+def export_stream(
+    jobs: list[ExportJob],
+    fmt: str,
+    cache: ArtifactCache,
+    options: dict | None = None,
+    workers: int = 1,
+    on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
+    avoid_cores: set[int] | None = None,
+) -> Iterator[tuple[str, Artifact | MeasurementError]]:
+    """``(name, artifact or error)`` for every job, in the jobs' order, as soon as each is ready.
+
+    What the cache lacks is exported in batches of up to ``batch`` jobs (default: the backend's
+    ``SPEC["batch"]``) by ``workers`` spawned processes that live for the whole stream and work ahead
+    while the caller uses what is ready (placed by :func:`worker_placements` away from ``avoid_cores``).
+    With one worker or one batch, exports run in this process. Failures are yielded, not raised."""
+    options = dict(options or {})
+    hits: dict[str, Artifact] = {}
+    todo: list[ExportJob] = []
+    for job in jobs:
+        hit = cache.get(job.cache_key, fmt, options)
+        if hit is not None:
+            hits[job.name] = hit
+        else:
+            todo.append(job)
+    be = backend_for_format(fmt) if todo else None
+    if be is not None:
+        be.exporter()  # a missing extra is an error for the whole run
+    units = _units(todo, be.batch if batch is None and be is not None else (batch or 1))
+    unit_of = {job.name: k for k, unit in enumerate(units) for job in unit}
+    root = str(cache.root)
+    results: dict[str, Artifact | MeasurementError] = {}
+
+    def settle(unit: list[ExportJob], run: Callable[[], dict]) -> None:
+        try:
+            errors = run() or {}
+        except MissingExtraError:
+            raise
+        except MeasurementError as e:
+            errors = {job.name: e for job in unit}
+        except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
+            errors = {job.name: f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}" for job in unit}
+        for job in unit:
+            err = errors.get(job.name)
+            if err is not None:
+                results[job.name] = err if isinstance(err, MeasurementError) else MeasurementError(str(err))
+            else:
+                results[job.name] = cache.get(job.cache_key, fmt, options) or MeasurementError(
+                    f"{job.name}: export left no artifact")
+
+    pool = None
+    futures: list = []
+    if workers > 1 and len(units) > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        places = worker_placements(min(workers, len(units)), avoid_cores)
+        pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
+                                   initargs=(ctx.Value("i", 0), places))
+        futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
+    try:
+        for job in jobs:
+            if job.name in hits:
+                art: Artifact | MeasurementError = hits[job.name]
+            else:
+                if job.name not in results:
+                    k = unit_of[job.name]
+                    if pool is not None:
+                        settle(units[k], futures[k].result)
+                    else:
+                        settle(units[k], lambda k=k: _run_unit(units[k], fmt, root, options))
+                art = results.pop(job.name)
+            if on_done:
+                on_done(job.name)
+            yield job.name, art
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def export_jobs(
@@ -127,45 +314,7 @@ def export_jobs(
     options: dict | None = None,
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
-    """Export what the cache lacks (in ``workers`` spawned processes when > 1); failures are returned, not raised."""
-    options = dict(options or {})
-    out: dict[str, Artifact | MeasurementError] = {}
-    todo = []
-    for job in jobs:
-        hit = cache.get(job.cache_key, fmt, options)
-        if hit is not None:
-            out[job.name] = hit
-            if on_done:
-                on_done(job.name)
-        else:
-            todo.append(job)
-    if not todo:
-        return out
-    backend_for_format(fmt).exporter()  # a missing extra is an error for the whole run
-
-    def settle(job: ExportJob, run: Callable[[], object]) -> None:
-        try:
-            run()
-            out[job.name] = cache.get(job.cache_key, fmt, options) or MeasurementError(f"{job.name}: export left no artifact")
-        except MeasurementError as e:
-            out[job.name] = e
-        except MissingExtraError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
-            out[job.name] = MeasurementError(f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}")
-        if on_done:
-            on_done(job.name)
-
-    root = str(cache.root)
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init) as pool:
-            futs = {pool.submit(job.target, *job.args, fmt, root, options): job for job in todo}
-            for fut in as_completed(futs):
-                settle(futs[fut], fut.result)
-    else:
-        for job in todo:
-            settle(job, lambda job=job: job.target(*job.args, fmt, root, options))
-    return out
+    """Export what the cache lacks (see :func:`export_stream`); failures are returned, not raised."""
+    return dict(export_stream(jobs, fmt, cache, options, workers, on_done, batch))
