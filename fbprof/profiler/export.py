@@ -66,9 +66,10 @@ def export_ops(
     options: dict | None = None,
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
     """Export many ops, keyed by op key (see :func:`fbprof.backends.cache.export_jobs`)."""
-    return export_jobs(_op_jobs(specs), fmt, cache, options, workers, on_done)
+    return export_jobs(_op_jobs(specs), fmt, cache, options, workers, on_done, batch)
 
 
 def stream_ops(
