@@ -307,10 +307,34 @@ def test_export_workers_stay_off_the_measuring_cores(monkeypatch):
     from fbprof.backends.cache import worker_placements
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    assert worker_placements(2, {1}) == [((0,), False), ((1,), True)]  # the second only while nothing measures
+    assert worker_placements(2, {1}) == [((0,), False), ((1,), True)]  # the second paused while measuring
     assert worker_placements(1, {1}) == [((0,), False)]
     assert worker_placements(2, None) == [(None, False), (None, False)]
     assert worker_placements(2, {0, 1}) == [(None, False), (None, False)]  # no other core: anywhere
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_on_the_measuring_core_stop_while_measuring():
+    import subprocess
+    import time
+
+    from fbprof.backends import cache as cache_mod
+
+    def state(pid):
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        cache_mod._SHARED_WORKERS.append([child.pid])
+        with cache_mod.exports_paused():
+            time.sleep(0.2)
+            assert state(child.pid) == "T"  # stopped
+        time.sleep(0.2)
+        assert state(child.pid) == "R"
+    finally:
+        cache_mod._SHARED_WORKERS.clear()
+        child.kill()
+        child.wait()
 
 
 # ---- LUTs through the shared loop --------------------------------------------------------------

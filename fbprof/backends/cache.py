@@ -9,10 +9,13 @@ when asked; what each job builds is the caller's (ops and whole networks: :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ from fbprof.backends import backend_for_format
 from fbprof.errors import MeasurementError, MissingExtraError
 
 __all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
-           "export_stream", "worker_placements"]
+           "export_stream", "exports_paused", "worker_placements"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,35 +147,66 @@ def export_modules(items: list[tuple], fmt: str, options: dict | None = None) ->
     return out
 
 
-def _worker_init(slot=None, placements=()) -> None:
-    """Spawned export worker: one torch thread; its cores and scheduling class from ``placements``
-    (``(cores or None, idle)`` per worker, taken in start order): an ``idle`` worker runs at
-    SCHED_IDLE, so it only uses a core (the measuring one) while nothing else wants it."""
+def _worker_init(slot=None, placements=(), shared_pids=None) -> None:
+    """Spawned export worker: one torch thread, killed with its parent (Linux); its cores from
+    ``placements`` (``(cores or None, shared)`` per worker, taken in start order). A ``shared`` worker runs
+    on the measuring cores: it records its pid in ``shared_pids``, and :func:`exports_paused` stops it
+    while a measurement runs."""
     import torch
 
     torch.set_num_threads(1)
-    cores, idle = None, False
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a stopped worker never outlives us
+        except (OSError, AttributeError):
+            pass
+    cores, shared = None, False
     if slot is not None and placements:
         with slot.get_lock():
             i = slot.value
             slot.value += 1
-        cores, idle = placements[i % len(placements)]
+        cores, shared = placements[i % len(placements)]
+        if shared and shared_pids is not None and i < len(shared_pids):
+            shared_pids[i] = os.getpid()
     if hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
-    if idle and hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
+
+
+#: pids of this process's export workers that share the measuring cores (see exports_paused)
+_SHARED_WORKERS: list = []
+
+
+@contextlib.contextmanager
+def exports_paused() -> Iterator[None]:
+    """Stop the export workers that run on the measuring cores for the duration of one measurement
+    (SIGSTOP, then SIGCONT): they use those cores only while measuring waits for an artifact."""
+    pids = [int(p) for arr in _SHARED_WORKERS for p in arr[:] if p] if hasattr(signal, "SIGSTOP") else []
+    stopped = []
+    try:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            except OSError:
+                pass
+        yield
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
 
 
 def worker_placements(workers: int, avoid_cores: set[int] | None) -> list[tuple[tuple[int, ...] | None, bool]]:
     """Where ``workers`` export processes run while this process measures on ``avoid_cores``: on the other
-    cores at normal priority (at most one per core), the rest on ``avoid_cores`` at idle priority. Without
-    cores to avoid (or none left over), anywhere."""
+    cores (at most one per core), the rest on ``avoid_cores``, paused while a measurement runs
+    (``shared``). Without cores to avoid (or none left over), anywhere."""
     if not avoid_cores or not hasattr(os, "sched_getaffinity"):
         return [(None, False)] * workers
     allowed = set(os.sched_getaffinity(0))
@@ -241,7 +275,8 @@ def export_stream(
 
     What the cache lacks is exported in batches of up to ``batch`` jobs (default: the backend's
     ``SPEC["batch"]``) by ``workers`` spawned processes that live for the whole stream and work ahead
-    while the caller uses what is ready (placed by :func:`worker_placements` away from ``avoid_cores``).
+    while the caller uses what is ready (placed by :func:`worker_placements`: those on ``avoid_cores``
+    stop while the caller measures inside :func:`exports_paused`).
     With one worker or one batch, exports run in this process. Failures are yielded, not raised."""
     options = dict(options or {})
     hits: dict[str, Artifact] = {}
@@ -284,8 +319,10 @@ def export_stream(
 
         ctx = mp.get_context("spawn")
         places = worker_placements(min(workers, len(units)), avoid_cores)
+        shared = ctx.Array("i", len(places))
+        _SHARED_WORKERS.append(shared)
         pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
-                                   initargs=(ctx.Value("i", 0), places))
+                                   initargs=(ctx.Value("i", 0), places, shared))
         futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
     try:
         for job in jobs:
@@ -304,6 +341,11 @@ def export_stream(
             yield job.name, art
     finally:
         if pool is not None:
+            _SHARED_WORKERS.remove(shared)
+            for pid in shared[:]:
+                if pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGCONT)
             pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -16,7 +16,7 @@ from fbprof import __version__
 from fbprof.artifact import Artifact, check_output
 from fbprof.backends import get_backend
 from fbprof.backends.base import dist_version
-from fbprof.backends.cache import ArtifactCache
+from fbprof.backends.cache import ArtifactCache, exports_paused
 from fbprof.devices.base import Device
 from fbprof.errors import InputError, MeasurementError
 from fbprof.loop import INVALID, STATUSES, LoopConfig
@@ -179,7 +179,8 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
                 continue
             lis.on_row_start(spec.key, i, len(todo))
             try:
-                row = _measure_one(req, spec.key, art, lis)
+                with exports_paused():  # export workers sharing the measuring core wait
+                    row = _measure_one(req, spec.key, art, lis)
             except MeasurementError as e:
                 failed[spec.key] = e.message
                 lis.on_note(e.message)
