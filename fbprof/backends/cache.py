@@ -277,7 +277,8 @@ def export_stream(
     ``SPEC["batch"]``) by ``workers`` spawned processes that live for the whole stream and work ahead
     while the caller uses what is ready (placed by :func:`worker_placements`: those on ``avoid_cores``
     stop while the caller measures inside :func:`exports_paused`).
-    With one worker or one batch, exports run in this process. Failures are yielded, not raised."""
+    With one worker or one batch, everything is exported in this process before the first is yielded.
+    Failures are yielded, not raised."""
     options = dict(options or {})
     hits: dict[str, Artifact] = {}
     todo: list[ExportJob] = []
@@ -324,6 +325,9 @@ def export_stream(
         pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
                                    initargs=(ctx.Value("i", 0), places, shared))
         futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
+    else:  # in this process: everything first, as nothing could overlap with the caller's measuring
+        for unit in units:
+            settle(unit, lambda unit=unit: _run_unit(unit, fmt, root, options))
     try:
         for job in jobs:
             if job.name in hits:
@@ -331,10 +335,7 @@ def export_stream(
             else:
                 if job.name not in results:
                     k = unit_of[job.name]
-                    if pool is not None:
-                        settle(units[k], futures[k].result)
-                    else:
-                        settle(units[k], lambda k=k: _run_unit(units[k], fmt, root, options))
+                    settle(units[k], futures[k].result)
                 art = results.pop(job.name)
             if on_done:
                 on_done(job.name)
