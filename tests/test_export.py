@@ -180,7 +180,7 @@ def test_cli_export_missing_extra_exits_3(monkeypatch, tmp_path):
 
 
 # ---- conversion in parallel worker processes ---------------------------------------------------
-@pytest.mark.parametrize("fmt", ["tflite", "pte"])
+@pytest.mark.parametrize("fmt", ["onnx", "tflite", "pte"])
 def test_export_ops_converts_in_spawned_workers(fmt, tmp_path):
     from fbprof.artifact import Artifact
     from fbprof.backends.cache import ArtifactCache
@@ -197,6 +197,144 @@ def test_export_ops_converts_in_spawned_workers(fmt, tmp_path):
     # a second run finds every artifact in the cache (same content hash)
     again = export_ops(specs, fmt, cache, workers=2)
     assert {k: a.path for k, a in again.items()} == {k: a.path for k, a in out.items()}
+
+
+# ---- batched ONNX conversion ------------------------------------------------------------------
+BATCH_KEYS = ["k3_e1:16x8x8:16:s1", "k5_e1_g2:16x8x8:16:s1", "pool:64x4x4:64:s1", "fc:64x1x1:10:s1"]
+
+
+def _graph_signature(path):
+    """What a graph computes, names aside: nodes (type, domain, attributes, arity) in order, initializers
+    (shape, dtype, values) by their name, graph inputs/outputs (name, type), opsets, IR version, producer."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+
+    def attr(a):
+        if a.type == onnx.AttributeProto.TENSOR:
+            return a.name, numpy_helper.to_array(a.t).tolist()
+        return a.name, onnx.helper.get_attribute_value(a)
+
+    nodes = [(n.op_type, n.domain, [attr(a) for a in n.attribute], len(n.input), len(n.output)) for n in g.node]
+    inits = sorted((numpy_helper.to_array(t).shape, str(numpy_helper.to_array(t).dtype),
+                    numpy_helper.to_array(t).tobytes()) for t in g.initializer)
+    named = sorted(t.name for t in g.initializer if not t.name.startswith("val_"))  # module parameters keep their names
+    io = [(v.name, str(v.type)) for v in (*g.input, *g.output)]
+    return nodes, inits, named, io, [(o.domain, o.version) for o in m.opset_import], m.ir_version, m.producer_name
+
+
+def test_a_batch_export_splits_into_the_graphs_of_single_exports(tmp_path):
+    import onnx
+
+    from fbprof.backends import onnxruntime as ort_backend
+    from fbprof.build import build_calibrated_op, example_input
+
+    specs = [OpSpec.parse(k) for k in BATCH_KEYS]
+    paths = [tmp_path / f"batch{i}.onnx" for i in range(len(specs))]
+    layouts = ort_backend.export_batch([build_calibrated_op(s) for s in specs], [example_input(s) for s in specs],
+                                       paths, {})
+    assert layouts == ["nchw"] * len(specs)
+    for spec, path in zip(specs, paths):
+        single = tmp_path / f"{spec.op}.onnx"
+        ort_backend.export(build_calibrated_op(spec), example_input(spec), single, {})
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+        assert _graph_signature(path) == _graph_signature(single), spec.key
+        # and it runs like torch in ONNX Runtime
+        sess = ort_backend.open_session(str(path), example_input(spec).numpy(), 1)
+        np.testing.assert_allclose(sess.run(), _torch_output(spec), rtol=1e-4, atol=1e-4)
+
+
+def test_reusing_the_torchlib_registry_gives_the_same_file(tmp_path):
+    import torch
+
+    from fbprof.backends import onnxruntime as ort_backend
+    from fbprof.backends.base import quiet
+    from fbprof.build import build_calibrated_op, example_input
+
+    spec = OpSpec.parse("k5_e1_g2:16x8x8:16:s1")
+    module, x = build_calibrated_op(spec), example_input(spec)
+    ort_backend.export(module, x, tmp_path / "first.onnx", {})
+    ort_backend.export(module, x, tmp_path / "reused.onnx", {})  # the registry of the first export
+    with quiet(), torch.no_grad():  # torch.onnx as is: a fresh registry
+        torch.onnx.export(module, (x,), dynamo=True, opset_version=18, input_names=["input"],
+                          output_names=["output"], verbose=False).save(str(tmp_path / "plain.onnx"))
+    plain = (tmp_path / "plain.onnx").read_bytes()
+    assert (tmp_path / "first.onnx").read_bytes() == plain
+    assert (tmp_path / "reused.onnx").read_bytes() == plain
+    assert ort_backend._REGISTRIES  # the reuse happened
+
+
+def test_a_failing_batch_conversion_falls_back_to_one_export_per_op(tmp_path, monkeypatch):
+    from fbprof.artifact import Artifact
+    from fbprof.backends import onnxruntime as ort_backend
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.profiler.export import export_ops
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("batch conversion broke")
+
+    monkeypatch.setattr(ort_backend, "export_batch", broken)
+    specs = [OpSpec.parse(k) for k in BATCH_KEYS[:3]]
+    out = export_ops(specs, "onnx", ArtifactCache(tmp_path), batch=3)
+    assert calls, "the batch path was not tried"
+    assert all(isinstance(out[s.key], Artifact) for s in specs), out
+
+
+def test_export_stream_yields_in_order_and_reports_failures(tmp_path):
+    from fbprof.artifact import Artifact
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.errors import MeasurementError
+    from fbprof.profiler.export import stream_ops
+
+    specs = [OpSpec.parse(k) for k in ("skip:16x8x8:24:s2", "fc:64x1x1:10:s1", "stem:3x32x32:8:s2")]
+    done: list[str] = []
+    got = list(stream_ops(specs, "torchscript", ArtifactCache(tmp_path), {"no": "such option"}, on_done=done.append))
+    assert [k for k, _ in got] == [s.key for s in specs] == done
+    assert all(isinstance(a, Artifact) for _, a in got)
+    bad = list(stream_ops(specs[:2], "onnx", ArtifactCache(tmp_path), {"onnx_exporter": "nonsense"}))
+    assert [k for k, _ in bad] == [s.key for s in specs[:2]]
+    assert all(isinstance(a, MeasurementError) and "nonsense" in a.message for _, a in bad)
+
+
+def test_export_workers_stay_off_the_measuring_cores(monkeypatch):
+    import os
+
+    from fbprof.backends.cache import worker_placements
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert worker_placements(2, {1}) == [((0,), False), ((1,), True)]  # the second paused while measuring
+    assert worker_placements(1, {1}) == [((0,), False)]
+    assert worker_placements(2, None) == [(None, False), (None, False)]
+    assert worker_placements(2, {0, 1}) == [(None, False), (None, False)]  # no other core: anywhere
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_on_the_measuring_core_stop_while_measuring():
+    import subprocess
+    import time
+
+    from fbprof.backends import cache as cache_mod
+
+    def state(pid):
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        cache_mod._SHARED_WORKERS.append([child.pid])
+        with cache_mod.exports_paused():
+            time.sleep(0.2)
+            assert state(child.pid) == "T"  # stopped
+        time.sleep(0.2)
+        assert state(child.pid) == "R"
+    finally:
+        cache_mod._SHARED_WORKERS.clear()
+        child.kill()
+        child.wait()
 
 
 # ---- LUTs through the shared loop --------------------------------------------------------------

@@ -7,6 +7,8 @@ runs are pushed there as single files):
 - ``SPEC``: a dict with ``name``, ``format``, ``suffix``, ``aliases``, ``extra``, ``runtime_module``,
   ``converter_module``, ``denormals``, ``description`` and ``local`` (whether this computer can run it);
 - ``export(module, example, path, options) -> layout`` (``"nchw"`` or ``"nhwc"``);
+- optionally ``export_batch(modules, examples, paths, options) -> layouts``: several modules converted
+  together into one file each (``SPEC["batch"]`` of them at a time), cheaper than one conversion each;
 - ``open_session(model_path, input, threads) -> session`` with ``run() -> ndarray`` (feeds ``input``) and
   ``close()`` (gives back any process-wide state the session changed).
 
@@ -67,12 +69,14 @@ class Backend:
     description: str
     local: bool  # a local runtime exists on this kind of computer
     module: ModuleType = field(repr=False, compare=False)
+    batch: int = 1  # ops converted together by the module's export_batch (1: it has none)
 
     @classmethod
     def of(cls, module: ModuleType) -> "Backend":
         s = module.SPEC
         return cls(s["name"], s["format"], s["suffix"], tuple(s.get("aliases", ())), s.get("extra"), s["runtime_module"],
-                   s["converter_module"], s["denormals"], s["description"], bool(s.get("local", True)), module)
+                   s["converter_module"], s["denormals"], s["description"], bool(s.get("local", True)), module,
+                   int(s.get("batch", 1)) if hasattr(module, "export_batch") else 1)
 
     # -- export ------------------------------------------------------------------------------------
     def converter_version(self) -> str:

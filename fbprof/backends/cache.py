@@ -9,20 +9,23 @@ when asked; what each job builds is the caller's (ops and whole networks: :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from fbprof.artifact import Artifact, to_layout
 from fbprof.backends import backend_for_format
 from fbprof.errors import MeasurementError, MissingExtraError
 
-__all__ = ["ArtifactCache", "default_cache_dir", "export_module", "ExportJob", "export_jobs"]
+__all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
+           "export_stream", "exports_paused", "worker_placements"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -64,19 +67,38 @@ class ArtifactCache:
         return None
 
 
-def export_module(module, example, key: str, fmt: str, folder: Path, options: dict | None = None) -> Artifact:
-    """Export ``module`` (eval mode) on ``example`` into ``folder`` atomically; returns the artifact."""
-    import torch
-
-    options = dict(options or {})
-    exp = backend_for_format(fmt)
-    fn = exp.exporter()
-    with torch.no_grad():
-        expected = module(example).detach().numpy()
+def _stage(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    return tmp
+
+
+def _settle(module, example, key: str, fmt: str, tmp: Path, folder: Path, model_path: Path, layout: str,
+            options: dict) -> Artifact:
+    """Record torch's output beside the exported model in ``tmp``, then move ``tmp`` to ``folder`` atomically."""
+    import torch
+
+    with torch.no_grad():
+        expected = module(example).detach().numpy()
+    art = Artifact(key, fmt, model_path, to_layout(example.numpy(), layout), to_layout(expected, layout), layout,
+                   {"options": options})
+    art.save_arrays(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished the same artifact first: keep theirs
+        if not (folder / "meta.json").exists():
+            raise
+    return Artifact.load(folder)
+
+
+def export_module(module, example, key: str, fmt: str, folder: Path, options: dict | None = None) -> Artifact:
+    """Export ``module`` (eval mode) on ``example`` into ``folder`` atomically; returns the artifact."""
+    options = dict(options or {})
+    exp = backend_for_format(fmt)
+    fn = exp.exporter()
+    tmp = _stage(folder)
     try:
         model_path = tmp / f"model{exp.suffix}"
         try:
@@ -85,17 +107,9 @@ def export_module(module, example, key: str, fmt: str, folder: Path, options: di
             raise
         except Exception as e:  # converter failures carry the op key
             raise MeasurementError(f"exporting {key} to {fmt} failed: {type(e).__name__}: {str(e)[:500]}") from e
-        art = Artifact(key, fmt, model_path, to_layout(example.numpy(), layout), to_layout(expected, layout), layout,
-                       {"options": options})
-        art.save_arrays(tmp)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same artifact first: keep theirs
-            if not (folder / "meta.json").exists():
-                raise
+        return _settle(module, example, key, fmt, tmp, folder, model_path, layout, options)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return Artifact.load(folder)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -129,28 +143,236 @@ def _die_with_parent(parent: int) -> None:
         threading.Thread(target=watch, name="fbprof-parent-watch", daemon=True).start()
 
 
-def _worker_init(parent: int | None = None) -> None:
-    if parent is not None:
-        _die_with_parent(parent)
+def export_modules(items: list[tuple], fmt: str, options: dict | None = None) -> dict[str, Artifact | MeasurementError]:
+    """Export several ``(module, example, key, folder)`` at once, keyed by key; failures are returned.
+
+    A backend with ``export_batch(modules, examples, paths, options) -> layouts`` converts them together
+    (one conversion, split into one model file per module); otherwise, or when the batch conversion
+    fails, each is exported alone (:func:`export_module`), so one bad op costs only its own row."""
+    options = dict(options or {})
+    exp = backend_for_format(fmt)
+    exp.exporter()
+    batch_fn = getattr(exp.module, "export_batch", None)
+    out: dict[str, Artifact | MeasurementError] = {}
+    if batch_fn is not None and len(items) > 1:
+        stages = [_stage(folder) for _, _, _, folder in items]
+        try:
+            paths = [tmp / f"model{exp.suffix}" for tmp in stages]
+            layouts = batch_fn([m for m, *_ in items], [x for _, x, *_ in items], paths, options)
+            for (module, example, key, folder), tmp, path, layout in zip(items, stages, paths, layouts):
+                out[key] = _settle(module, example, key, fmt, tmp, folder, path, layout, options)
+        except MissingExtraError:
+            raise
+        except Exception:  # noqa: BLE001 - fall back to one conversion per module below
+            pass
+        finally:
+            for tmp in stages:
+                shutil.rmtree(tmp, ignore_errors=True)
+    for module, example, key, folder in items:
+        if key not in out:
+            try:
+                out[key] = export_module(module, example, key, fmt, folder, options)
+            except MeasurementError as e:
+                out[key] = e
+    return out
+
+
+def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None = None) -> None:
+    """Spawned export worker: one torch thread, killed with its parent (Linux); its cores from
+    ``placements`` (``(cores or None, shared)`` per worker, taken in start order). A ``shared`` worker runs
+    on the measuring cores: it records its pid in ``shared_pids``, and :func:`exports_paused` stops it
+    while a measurement runs."""
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        _die_with_parent(parent)  # a stopped or busy worker never outlives us
+    cores, shared = None, False
+    if slot is not None and placements:
+        with slot.get_lock():
+            i = slot.value
+            slot.value += 1
+        cores, shared = placements[i % len(placements)]
+        if shared and shared_pids is not None and i < len(shared_pids):
+            shared_pids[i] = os.getpid()
     if hasattr(os, "sched_setaffinity"):
         try:
-            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+            os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+
+
+#: pids of this process's export workers that share the measuring cores (see exports_paused)
+_SHARED_WORKERS: list = []
+
+
+@contextlib.contextmanager
+def exports_paused() -> Iterator[None]:
+    """Stop the export workers that run on the measuring cores for the duration of one measurement
+    (SIGSTOP, then SIGCONT): they use those cores only while measuring waits for an artifact."""
+    pids = [int(p) for arr in _SHARED_WORKERS for p in arr[:] if p] if hasattr(signal, "SIGSTOP") else []
+    stopped = []
+    try:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+            except OSError:
+                pass
+        yield
+    finally:
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+
+
+def worker_placements(workers: int, avoid_cores: set[int] | None) -> list[tuple[tuple[int, ...] | None, bool]]:
+    """Where ``workers`` export processes run while this process measures on ``avoid_cores``: on the other
+    cores (at most one per core), the rest on ``avoid_cores``, paused while a measurement runs
+    (``shared``). Without cores to avoid (or none left over), anywhere."""
+    if not avoid_cores or not hasattr(os, "sched_getaffinity"):
+        return [(None, False)] * workers
+    allowed = set(os.sched_getaffinity(0))
+    free = tuple(sorted(allowed - set(avoid_cores)))
+    busy = tuple(sorted(allowed & set(avoid_cores)))
+    if not free or not busy:
+        return [(None, False)] * workers
+    normal = min(workers, len(free))
+    return [(free, False)] * normal + [(busy, True)] * (workers - normal)
 
 
 @dataclass(frozen=True)
 class ExportJob:
     """One artifact to export: ``target(*args, fmt, cache_root, options)`` (a module-level function, so it
-    can run in a spawned worker) leaves it in the cache under ``cache_key``; ``name`` is what it is reported as."""
+    can run in a spawned worker) leaves it in the cache under ``cache_key``; ``name`` is what it is reported as.
+
+    ``batch_target(list_of_args, fmt, cache_root, options) -> {name: error}``, when given, exports several
+    jobs of the same kind at once (see :func:`export_modules`)."""
 
     name: str
     cache_key: str
     target: Callable[..., None]
     args: tuple = ()
+    batch_target: Callable[..., dict] | None = None
+
+
+#: batch sizes of a run's first conversions (then the last one repeats): small first, so measuring starts early
+RAMP = (2, 4)
+
+
+def _units(todo: list[ExportJob], batch: int) -> list[list[ExportJob]]:
+    units: list[list[ExportJob]] = []
+    i = 0
+    while i < len(todo):
+        job = todo[i]
+        size = 1
+        if job.batch_target is not None and batch > 1:
+            size = min(batch, RAMP[len(units)]) if len(units) < len(RAMP) else batch
+        unit = [job]
+        while len(unit) < size and i + len(unit) < len(todo) and todo[i + len(unit)].batch_target is job.batch_target:
+            unit.append(todo[i + len(unit)])
+        units.append(unit)
+        i += len(unit)
+    return units
+
+
+def _run_unit(unit: list[ExportJob], fmt: str, root: str, options: dict) -> dict[str, str]:
+    if len(unit) == 1 or unit[0].batch_target is None:
+        for job in unit:
+            job.target(*job.args, fmt, root, options)
+        return {}
+    return unit[0].batch_target([job.args for job in unit], fmt, root, options)
+
+
+def export_stream(
+    jobs: list[ExportJob],
+    fmt: str,
+    cache: ArtifactCache,
+    options: dict | None = None,
+    workers: int = 1,
+    on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
+    avoid_cores: set[int] | None = None,
+) -> Iterator[tuple[str, Artifact | MeasurementError]]:
+    """``(name, artifact or error)`` for every job, in the jobs' order, as soon as each is ready.
+
+    What the cache lacks is exported in batches of up to ``batch`` jobs (default: the backend's
+    ``SPEC["batch"]``) by ``workers`` spawned processes that live for the whole stream and work ahead
+    while the caller uses what is ready (placed by :func:`worker_placements`: those on ``avoid_cores``
+    stop while the caller measures inside :func:`exports_paused`).
+    With one worker or one batch, everything is exported in this process before the first is yielded.
+    Failures are yielded, not raised."""
+    options = dict(options or {})
+    hits: dict[str, Artifact] = {}
+    todo: list[ExportJob] = []
+    for job in jobs:
+        hit = cache.get(job.cache_key, fmt, options)
+        if hit is not None:
+            hits[job.name] = hit
+        else:
+            todo.append(job)
+    be = backend_for_format(fmt) if todo else None
+    if be is not None:
+        be.exporter()  # a missing extra is an error for the whole run
+    units = _units(todo, be.batch if batch is None and be is not None else (batch or 1))
+    unit_of = {job.name: k for k, unit in enumerate(units) for job in unit}
+    root = str(cache.root)
+    results: dict[str, Artifact | MeasurementError] = {}
+
+    def settle(unit: list[ExportJob], run: Callable[[], dict]) -> None:
+        try:
+            errors = run() or {}
+        except MissingExtraError:
+            raise
+        except MeasurementError as e:
+            errors = {job.name: e for job in unit}
+        except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
+            errors = {job.name: f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}" for job in unit}
+        for job in unit:
+            err = errors.get(job.name)
+            if err is not None:
+                results[job.name] = err if isinstance(err, MeasurementError) else MeasurementError(str(err))
+            else:
+                results[job.name] = cache.get(job.cache_key, fmt, options) or MeasurementError(
+                    f"{job.name}: export left no artifact")
+
+    pool = None
+    futures: list = []
+    if workers > 1 and len(units) > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        places = worker_placements(min(workers, len(units)), avoid_cores)
+        shared = ctx.Array("i", len(places))
+        _SHARED_WORKERS.append(shared)
+        pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
+                                   initargs=(ctx.Value("i", 0), places, shared, os.getpid()))
+        futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
+    else:  # in this process: everything first, as nothing could overlap with the caller's measuring
+        for unit in units:
+            settle(unit, lambda unit=unit: _run_unit(unit, fmt, root, options))
+    try:
+        for job in jobs:
+            if job.name in hits:
+                art: Artifact | MeasurementError = hits[job.name]
+            else:
+                if job.name not in results:
+                    k = unit_of[job.name]
+                    settle(units[k], futures[k].result)
+                art = results.pop(job.name)
+            if on_done:
+                on_done(job.name)
+            yield job.name, art
+    finally:
+        if pool is not None:
+            _SHARED_WORKERS.remove(shared)
+            for pid in shared[:]:
+                if pid:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGCONT)
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def export_jobs(
@@ -160,46 +382,7 @@ def export_jobs(
     options: dict | None = None,
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
-    """Export what the cache lacks (in ``workers`` spawned processes when > 1); failures are returned, not raised."""
-    options = dict(options or {})
-    out: dict[str, Artifact | MeasurementError] = {}
-    todo = []
-    for job in jobs:
-        hit = cache.get(job.cache_key, fmt, options)
-        if hit is not None:
-            out[job.name] = hit
-            if on_done:
-                on_done(job.name)
-        else:
-            todo.append(job)
-    if not todo:
-        return out
-    backend_for_format(fmt).exporter()  # a missing extra is an error for the whole run
-
-    def settle(job: ExportJob, run: Callable[[], object]) -> None:
-        try:
-            run()
-            out[job.name] = cache.get(job.cache_key, fmt, options) or MeasurementError(f"{job.name}: export left no artifact")
-        except MeasurementError as e:
-            out[job.name] = e
-        except MissingExtraError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
-            out[job.name] = MeasurementError(f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}")
-        if on_done:
-            on_done(job.name)
-
-    root = str(cache.root)
-    if workers > 1 and len(todo) > 1:
-        import multiprocessing as mp
-
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(os.getpid(),)) as pool:
-            futs = {pool.submit(job.target, *job.args, fmt, root, options): job for job in todo}
-            for fut in as_completed(futs):
-                settle(futs[fut], fut.result)
-    else:
-        for job in todo:
-            settle(job, lambda job=job: job.target(*job.args, fmt, root, options))
-    return out
+    """Export what the cache lacks (see :func:`export_stream`); failures are returned, not raised."""
+    return dict(export_stream(jobs, fmt, cache, options, workers, on_done, batch))

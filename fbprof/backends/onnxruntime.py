@@ -19,7 +19,54 @@ SPEC = {
     "denormals": "session.set_denormal_as_zero=1",
     "description": "ONNX Runtime, CPU execution provider",
     "local": True,
+    "batch": 8,  # ops per dynamo export (export_batch)
 }
+
+
+def _exporter(options: dict) -> tuple[str, int]:
+    from fbprof.errors import InputError
+
+    which = options.get("onnx_exporter", "dynamo")
+    if which not in ("dynamo", "legacy"):
+        raise InputError(f"onnx_exporter {which!r}: expected dynamo or legacy")
+    return which, int(options.get("opset", 18))
+
+
+#: torchlib registries built in this process, by opset (see _reuse_torchlib_registry)
+_REGISTRIES: dict = {}
+
+
+class _reuse_torchlib_registry:
+    """Within the block, torch.onnx's dynamo exporter reuses one torchlib registry per opset instead of
+    rebuilding it on every call (about 1.2 s of a 1.9 s single-op export here: it parses the source of
+    ~500 onnxscript functions). The registry is only read by an export without a custom translation
+    table, so the files are byte-identical (tests/test_export.py checks it). A no-op where torch's
+    internals differ."""
+
+    def __enter__(self):
+        self.cls = self.orig = None
+        try:
+            from torch.onnx._internal.exporter import _registration
+        except ImportError:
+            return self
+        cls = getattr(_registration, "ONNXRegistry", None)
+        orig = cls.__dict__.get("from_torchlib") if cls is not None else None
+        if not isinstance(orig, classmethod):
+            return self
+
+        def from_torchlib(klass, *args, **kwargs):
+            key = (klass, args, tuple(sorted(kwargs.items())))
+            if key not in _REGISTRIES:
+                _REGISTRIES[key] = orig.__func__(klass, *args, **kwargs)
+            return _REGISTRIES[key]
+
+        self.cls, self.orig = cls, orig
+        cls.from_torchlib = classmethod(from_torchlib)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cls is not None:
+            self.cls.from_torchlib = self.orig
 
 
 def export(module, example, path, options: dict) -> str:
@@ -28,21 +75,108 @@ def export(module, example, path, options: dict) -> str:
     import torch
 
     from fbprof.backends.base import quiet
-    from fbprof.errors import InputError
 
-    which = options.get("onnx_exporter", "dynamo")
-    if which not in ("dynamo", "legacy"):
-        raise InputError(f"onnx_exporter {which!r}: expected dynamo or legacy")
-    opset = int(options.get("opset", 18))
+    which, opset = _exporter(options)
     with quiet(), torch.no_grad():
         if which == "legacy":
             torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=opset,
                               input_names=["input"], output_names=["output"])
         else:
-            prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
-                                     input_names=["input"], output_names=["output"], verbose=False)
+            with _reuse_torchlib_registry():
+                prog = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset,
+                                         input_names=["input"], output_names=["output"], verbose=False)
             prog.save(str(path))
     return "nchw"
+
+
+def export_batch(modules, examples, paths, options: dict) -> list[str]:
+    """Export several independent single-input ops with one dynamo export, then split the graph.
+
+    The ops are traced together as one module with N inputs and N outputs (``input_i`` -> ``output_i``);
+    each op's file keeps the nodes that compute ``output_i`` (they depend on ``input_i`` only), the
+    initializers those nodes read (their ``m{i}.`` prefix dropped) and the model's opset, IR version and
+    producer. The result is the graph a direct :func:`export` of that op gives (same nodes, attributes and
+    initializer values; node and intermediate value names may differ: tests/test_export.py compares them).
+    The legacy exporter has no batch path: each op is exported alone.
+    """
+    import torch
+
+    from fbprof.backends.base import quiet
+
+    which, opset = _exporter(options)
+    if which == "legacy" or len(modules) == 1:
+        return [export(m, x, p, options) for m, x, p in zip(modules, examples, paths)]
+
+    class _Batch(torch.nn.Module):
+        def __init__(self, ms) -> None:
+            super().__init__()
+            for i, m in enumerate(ms):
+                self.add_module(f"m{i}", m)
+
+        def forward(self, *xs):
+            return tuple(getattr(self, f"m{i}")(x) for i, x in enumerate(xs))
+
+    n = len(modules)
+    batch = _Batch(modules).eval()
+    with quiet(), torch.no_grad(), _reuse_torchlib_registry():
+        prog = torch.onnx.export(batch, tuple(examples), dynamo=True, opset_version=opset, verbose=False,
+                                 input_names=[f"input_{i}" for i in range(n)],
+                                 output_names=[f"output_{i}" for i in range(n)])
+        proto = prog.model_proto
+    for i, path in enumerate(paths):
+        with open(path, "wb") as fh:
+            fh.write(split_graph(proto, i).SerializeToString())
+    return ["nchw"] * n
+
+
+def split_graph(model, i: int):
+    """Op ``i`` of a batch export (see :func:`export_batch`) as a model of its own (``input`` -> ``output``)."""
+    import onnx
+
+    g = model.graph
+    made_by = {o: k for k, node in enumerate(g.node) for o in node.output if o}
+    want, keep, seen = [f"output_{i}"], set(), set()
+    while want:
+        name = want.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        k = made_by.get(name)
+        if k is not None and k not in keep:
+            keep.add(k)
+            want.extend(x for x in g.node[k].input if x)
+    nodes = [g.node[k] for k in sorted(keep)]
+    used = {x for node in nodes for x in (*node.input, *node.output)}
+    prefix = f"m{i}."
+    rename = {f"input_{i}": "input", f"output_{i}": "output"}
+    rename.update({t.name: t.name[len(prefix):] for t in g.initializer if t.name.startswith(prefix) and t.name in used})
+    if f"input_{i}" not in used:
+        raise ValueError(f"op {i} of the batch does not read its own input")
+    if set(rename.values()) & (used - set(rename)):
+        raise ValueError(f"op {i}: renaming its initializers would clash with other names")
+
+    def fix(name: str) -> str:
+        return rename.get(name, name)
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    og = out.graph
+    del og.node[:], og.input[:], og.output[:], og.initializer[:], og.value_info[:]
+    for node in nodes:
+        n = og.node.add()
+        n.CopyFrom(node)
+        n.input[:] = [fix(x) for x in node.input]
+        n.output[:] = [fix(x) for x in node.output]
+    for src, dst in ((g.input, og.input), (g.output, og.output), (g.value_info, og.value_info)):
+        for v in src:
+            if v.name in used:
+                dst.add().CopyFrom(v)
+                dst[-1].name = fix(v.name)
+    for t in g.initializer:
+        if t.name in used:
+            og.initializer.add().CopyFrom(t)
+            og.initializer[-1].name = fix(t.name)
+    return out
 
 
 class OnnxRuntimeSession:

@@ -50,6 +50,13 @@ class Device(abc.ABC):
     ) -> DeviceResult:
         """Measure one artifact with the shared loop (or the device's native runner)."""
 
+    #: the device measures artifacts as they are exported (no :meth:`prepare` with all of them first)
+    streams_artifacts: bool = False
+
+    def measuring_cores(self, threads: int) -> set[int] | None:
+        """Cores of this computer that measuring keeps busy (exports stay off them), None if none."""
+        return None
+
     def prepare(self, artifacts: list[Artifact]) -> None:
         """Called once, before the rows, with the artifacts about to be measured (in order), e.g. to
         push them to a phone in batches."""

@@ -65,6 +65,7 @@ def pinned(threads: int) -> Iterator[str]:
 
 class LocalDevice(Device):
     name = "local"
+    streams_artifacts = True
 
     def __init__(self, pin: bool = True) -> None:
         self.pin = pin
@@ -81,6 +82,9 @@ class LocalDevice(Device):
         }
         fp.update(cpu_fingerprint())
         return fp
+
+    def measuring_cores(self, threads: int) -> set[int] | None:
+        return _pin_cores(threads) if self.pin else None
 
     def open_session(self, artifact: Artifact, backend: str, threads: int) -> Session:
         self.check_backend(backend)

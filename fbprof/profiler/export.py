@@ -11,16 +11,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from fbprof.artifact import Artifact, check_output
 from fbprof.backends import backend_for_format, resolve_format
-from fbprof.backends.cache import ArtifactCache, ExportJob, export_jobs, export_module
+from fbprof.backends.cache import ArtifactCache, ExportJob, export_jobs, export_module, export_modules, export_stream
 from fbprof.errors import InputError, MeasurementError
 from fbprof.space import Arch, load_space
 from fbprof.spec import OpSpec
 
-__all__ = ["export_op", "export_ops", "arch_key", "arch_artifact", "export_archs", "ArchExport", "export_arch_file"]
+__all__ = ["export_op", "export_ops", "stream_ops", "arch_key", "arch_artifact", "export_archs", "ArchExport", "export_arch_file"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,6 +41,24 @@ def _export_op_worker(key: str, fmt: str, root: str, options: dict) -> None:
     export_op(OpSpec.parse(key), fmt, ArtifactCache(root), options)
 
 
+def _export_ops_batch_worker(args: list[tuple], fmt: str, root: str, options: dict) -> dict[str, str]:
+    """Several ops converted together (see :func:`fbprof.backends.cache.export_modules`); errors by key."""
+    from fbprof.build import build_calibrated_op, example_input
+
+    cache = ArtifactCache(root)
+    items = []
+    for (key,) in args:
+        if cache.get(key, fmt, options) is None:
+            spec = OpSpec.parse(key)
+            items.append((build_calibrated_op(spec), example_input(spec), key, cache.folder(key, fmt, options)))
+    done = export_modules(items, fmt, options)
+    return {k: v.message for k, v in done.items() if isinstance(v, MeasurementError)}
+
+
+def _op_jobs(specs: list[OpSpec]) -> list[ExportJob]:
+    return [ExportJob(s.key, s.key, _export_op_worker, (s.key,), _export_ops_batch_worker) for s in specs]
+
+
 def export_ops(
     specs: list[OpSpec],
     fmt: str,
@@ -48,10 +66,24 @@ def export_ops(
     options: dict | None = None,
     workers: int = 1,
     on_done: Callable[[str], None] | None = None,
+    batch: int | None = None,
 ) -> dict[str, Artifact | MeasurementError]:
     """Export many ops, keyed by op key (see :func:`fbprof.backends.cache.export_jobs`)."""
-    jobs = [ExportJob(s.key, s.key, _export_op_worker, (s.key,)) for s in specs]
-    return export_jobs(jobs, fmt, cache, options, workers, on_done)
+    return export_jobs(_op_jobs(specs), fmt, cache, options, workers, on_done, batch)
+
+
+def stream_ops(
+    specs: list[OpSpec],
+    fmt: str,
+    cache: ArtifactCache,
+    options: dict | None = None,
+    workers: int = 1,
+    on_done: Callable[[str], None] | None = None,
+    avoid_cores: set[int] | None = None,
+) -> Iterator[tuple[str, Artifact | MeasurementError]]:
+    """``(key, artifact or error)`` in ``specs``' order, each as soon as it is exported, while worker
+    processes export the next ones (see :func:`fbprof.backends.cache.export_stream`)."""
+    return export_stream(_op_jobs(specs), fmt, cache, options, workers, on_done, avoid_cores=avoid_cores)
 
 
 # ------------------------------------------------------------------------------------------------

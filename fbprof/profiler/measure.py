@@ -17,13 +17,13 @@ from fbprof import __version__
 from fbprof.artifact import Artifact, check_output
 from fbprof.backends import get_backend
 from fbprof.backends.base import dist_version
-from fbprof.backends.cache import ArtifactCache
+from fbprof.backends.cache import ArtifactCache, exports_paused
 from fbprof.devices.base import Device
 from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import LockHeld, OutputLock, WriteError
 from fbprof.loop import INVALID, STATUSES, LoopConfig
 from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
-from fbprof.profiler.export import export_ops
+from fbprof.profiler.export import export_ops, stream_ops
 from fbprof.space import SpaceTag, format_space_tags
 from fbprof.spec import OpSpec
 
@@ -186,23 +186,33 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     loop_s = 0.0
     export_s = 0.0
     interrupted = False
+    stream = iter(())
     journal.start(header)
     try:
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
-        artifacts = export_ops(todo, get_backend(req.backend).format, req.cache, req.export_options,
-                               workers=req.export_workers, on_done=lis.on_export_done)
-        export_s = time.perf_counter() - t0
-        req.device.prepare([artifacts[s.key] for s in todo if isinstance(artifacts[s.key], Artifact)])
+        fmt = get_backend(req.backend).format
+        if req.device.streams_artifacts:  # measure each op as soon as it is exported, while workers export on
+            stream = stream_ops(todo, fmt, req.cache, req.export_options, workers=req.export_workers,
+                                on_done=lis.on_export_done, avoid_cores=req.device.measuring_cores(req.threads))
+        else:
+            artifacts = export_ops(todo, fmt, req.cache, req.export_options,
+                                   workers=req.export_workers, on_done=lis.on_export_done)
+            req.device.prepare([artifacts[s.key] for s in todo if isinstance(artifacts[s.key], Artifact)])
+            stream = iter([(s.key, artifacts[s.key]) for s in todo])
+        export_s = time.perf_counter() - t0  # then: time spent waiting for the next export
         for i, spec in enumerate(todo):
-            art = artifacts[spec.key]
+            t0 = time.perf_counter()
+            art = next(stream)[1]
+            export_s += time.perf_counter() - t0
             if isinstance(art, MeasurementError):
                 failed[spec.key] = art.message
                 lis.on_note(f"{spec.key}: {art.message}")
                 continue
             lis.on_row_start(spec.key, i, len(todo))
             try:
-                row = _measure_one(req, spec.key, art, lis)
+                with exports_paused():  # export workers sharing the measuring core wait
+                    row = _measure_one(req, spec.key, art, lis)
             except MeasurementError as e:
                 failed[spec.key] = e.message
                 lis.on_note(e.message)
@@ -216,6 +226,7 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
         interrupted = True
         raise
     finally:
+        getattr(stream, "close", lambda: None)()  # stops the export workers
         journal.close()
         write_lut(out, header, rows.values())
         journal.remove()
