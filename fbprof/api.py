@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from fbprof import __version__
+from fbprof import _API, __version__
 from fbprof.errors import (DeviceError, FbprofError, FileFormatError, InputError, LutCoverageError, MeasurementError,
                            MissingExtraError)
 from fbprof.loop import LoopConfig, Stats
@@ -40,23 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from fbprof.search.dnas import SearchConfig, SearchListener, SearchResult
     from fbprof.verify import VerifyResult
 
-#: the public, stable names (``fbprof.<name>``)
-STABLE = (
-    "__version__",
-    # LUTs
-    "Lut", "LutRow", "Stats", "read_lut", "write_lut", "validate_lut", "LutCheck", "diff_luts", "LutDiff", "LutDiffRow",
-    # spaces and architectures
-    "Space", "Arch", "OpSpec", "load_space", "load_arch", "space_names", "arch_names",
-    # prediction
-    "predict", "predict_frame", "Prediction", "LayerCost",
-    # measuring, verifying, searching
-    "LoopConfig", "MeasureConfig", "MeasureListener", "MeasureSummary", "run_measure",
-    "VerifyConfig", "VerifyListener", "VerifyResult", "run_verify",
-    "SearchConfig", "SearchListener", "SearchResult", "run_search",
-    # errors
-    "FbprofError", "InputError", "FileFormatError", "LutCoverageError", "MissingExtraError", "DeviceError",
-    "MeasurementError",
-)
+#: the public, stable names (``fbprof.<name>``): fbprof/__init__.py lists them (it offers them lazily)
+STABLE = ("__version__", *_API)
 __all__ = list(STABLE) + ["STABLE"]
 
 #: names that load heavier modules (numpy, the profiler), resolved on first use by :func:`__getattr__`

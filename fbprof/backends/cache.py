@@ -375,14 +375,8 @@ def export_stream(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def export_jobs(
-    jobs: list[ExportJob],
-    fmt: str,
-    cache: ArtifactCache,
-    options: dict | None = None,
-    workers: int = 1,
-    on_done: Callable[[str], None] | None = None,
-    batch: int | None = None,
-) -> dict[str, Artifact | MeasurementError]:
-    """Export what the cache lacks (see :func:`export_stream`); failures are returned, not raised."""
-    return dict(export_stream(jobs, fmt, cache, options, workers, on_done, batch))
+def export_jobs(jobs: list[ExportJob], fmt: str, cache: ArtifactCache, options: dict | None = None,
+                **settings) -> dict[str, Artifact | MeasurementError]:
+    """Export what the cache lacks, keyed by job name; failures are returned, not raised. ``settings``
+    (``workers``, ``on_done``, ``batch``, ``avoid_cores``) as :func:`export_stream` takes them."""
+    return dict(export_stream(jobs, fmt, cache, options, **settings))

@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from fbprof.artifact import Artifact, check_output
 from fbprof.backends import backend_for_format, resolve_format
@@ -59,31 +59,17 @@ def _op_jobs(specs: list[OpSpec]) -> list[ExportJob]:
     return [ExportJob(s.key, s.key, _export_op_worker, (s.key,), _export_ops_batch_worker) for s in specs]
 
 
-def export_ops(
-    specs: list[OpSpec],
-    fmt: str,
-    cache: ArtifactCache,
-    options: dict | None = None,
-    workers: int = 1,
-    on_done: Callable[[str], None] | None = None,
-    batch: int | None = None,
-) -> dict[str, Artifact | MeasurementError]:
-    """Export many ops, keyed by op key (see :func:`fbprof.backends.cache.export_jobs`)."""
-    return export_jobs(_op_jobs(specs), fmt, cache, options, workers, on_done, batch)
+def export_ops(specs: list[OpSpec], fmt: str, cache: ArtifactCache, options: dict | None = None,
+               **settings) -> dict[str, Artifact | MeasurementError]:
+    """Export many ops, keyed by op key; ``settings`` as :func:`fbprof.backends.cache.export_jobs` takes them."""
+    return export_jobs(_op_jobs(specs), fmt, cache, options, **settings)
 
 
-def stream_ops(
-    specs: list[OpSpec],
-    fmt: str,
-    cache: ArtifactCache,
-    options: dict | None = None,
-    workers: int = 1,
-    on_done: Callable[[str], None] | None = None,
-    avoid_cores: set[int] | None = None,
-) -> Iterator[tuple[str, Artifact | MeasurementError]]:
+def stream_ops(specs: list[OpSpec], fmt: str, cache: ArtifactCache, options: dict | None = None,
+               **settings) -> Iterator[tuple[str, Artifact | MeasurementError]]:
     """``(key, artifact or error)`` in ``specs``' order, each as soon as it is exported, while worker
     processes export the next ones (see :func:`fbprof.backends.cache.export_stream`)."""
-    return export_stream(_op_jobs(specs), fmt, cache, options, workers, on_done, avoid_cores=avoid_cores)
+    return export_stream(_op_jobs(specs), fmt, cache, options, **settings)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,19 +100,13 @@ def _export_arch_worker(space_source: str, resolution: int, width: float, blocks
     arch_artifact(space.arch(blocks, head, name=name), fmt, ArtifactCache(root), options)
 
 
-def export_archs(
-    archs: Sequence[Arch],
-    fmt: str,
-    cache: ArtifactCache,
-    options: dict | None = None,
-    workers: int = 1,
-    on_done: Callable[[str], None] | None = None,
-) -> dict[str, Artifact | MeasurementError]:
-    """Export whole networks, keyed by arch name (see :func:`fbprof.backends.cache.export_jobs`)."""
+def export_archs(archs: Sequence[Arch], fmt: str, cache: ArtifactCache, options: dict | None = None,
+                 **settings) -> dict[str, Artifact | MeasurementError]:
+    """Export whole networks, keyed by arch name (``settings``: see :func:`fbprof.backends.cache.export_jobs`)."""
     jobs = [ExportJob(a.name, arch_key(a), _export_arch_worker,
                       (a.space.source, a.space.resolution, a.space.width, list(a.blocks), a.head_channels, a.name))
             for a in archs]
-    return export_jobs(jobs, fmt, cache, options, workers, on_done)
+    return export_jobs(jobs, fmt, cache, options, **settings)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
         lis.on_note(f"the LUT was measured differently: {m}")
     lis.on_export_start(len(plan.archs))
     t_exp = time.perf_counter()
-    exported = export_archs(plan.archs, plan.format, req.cache, req.export_options, req.export_workers, lis.on_export_done)
+    exported = export_archs(plan.archs, plan.format, req.cache, req.export_options, workers=req.export_workers,
+                            on_done=lis.on_export_done)
     export_s = time.perf_counter() - t_exp
     failed = {n: a.message for n, a in exported.items() if isinstance(a, MeasurementError)}
     for n, why in failed.items():

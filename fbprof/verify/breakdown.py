@@ -38,6 +38,7 @@ from fbprof.profiler.export import arch_key, export_ops
 from fbprof.space import Arch, load_space
 from fbprof.verify.measure import measure_interleaved
 from fbprof.verify.plan import VerifyListener
+from fbprof.verify.report import csv_text, num
 
 __all__ = ["BreakdownRequest", "InContextCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
            "BREAKDOWN_COLUMNS", "BREAKDOWN_FILES"]
@@ -163,10 +164,11 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
             for a in req.archs for k in range(1, len(a.ops()) + 1)]
     specs = sorted({s for a in req.archs for _, s in a.ops() if not s.is_identity}, key=lambda s: s.key)
     lis.on_export_start(len(jobs) + len(specs))
-    exported = export_jobs(jobs, fmt, req.cache, req.export_options, req.export_workers, lis.on_export_done)
+    exported = export_jobs(jobs, fmt, req.cache, req.export_options, workers=req.export_workers,
+                           on_done=lis.on_export_done)
     # the isolated ops, measured again in the same rounds: ratios from one run, not from the LUT's day
-    exported |= {f"op:{k}": v for k, v in export_ops(specs, fmt, req.cache, req.export_options, req.export_workers,
-                                                     lis.on_export_done).items()}
+    exported |= {f"op:{k}": v for k, v in export_ops(specs, fmt, req.cache, req.export_options,
+                                                     workers=req.export_workers, on_done=lis.on_export_done).items()}
     failed = {n: a.message for n, a in exported.items() if isinstance(a, MeasurementError)}
     for n, why in failed.items():
         lis.on_note(f"{n}: {why}")
@@ -196,19 +198,11 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
 
 
 # ------------------------------------------------------------------------------------------------
-def _f(v: float | None, digits: int = 3) -> str:
-    return "" if v is None else f"{v:.{digits}f}"
-
-
 def format_breakdown_csv(breakdowns: Sequence[Breakdown]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(BREAKDOWN_COLUMNS)
-    for b in breakdowns:
-        for c in b.layers:
-            w.writerow([b.arch.name, c.index, c.layer, c.key, _f(c.isolated_us), _f(c.isolated_now_us),
-                        _f(c.in_context_us), _f(c.ratio, 4), _f(c.prefix_us), _f(c.prefix_spread_pct, 2)])
-    return buf.getvalue()
+    return csv_text(BREAKDOWN_COLUMNS, (
+        [b.arch.name, c.index, c.layer, c.key, num(c.isolated_us), num(c.isolated_now_us), num(c.in_context_us),
+         num(c.ratio, 4), num(c.prefix_us), num(c.prefix_spread_pct, 2)]
+        for b in breakdowns for c in b.layers))
 
 
 def breakdown_summary(breakdowns: Sequence[Breakdown]) -> dict[str, Any]:

@@ -21,21 +21,31 @@ CSV_COLUMNS = ("arch", "kind", "split", "predicted_us", "calibrated_us", "measur
 REPORT_FILES = {"csv": "verify.csv", "summary": "summary.json", "plot": "verify.png"}
 
 
-def _f(v: float | None, digits: int = 3) -> str:
+def num(v: float | None, digits: int = 3) -> str:
+    """A CSV cell: fixed digits, empty for None."""
     return "" if v is None else f"{v:.{digits}f}"
 
 
-def format_csv(results: Sequence[NetworkMeasurement]) -> str:
+def csv_text(columns: Sequence[str], rows) -> str:
+    """A CSV file's text: the column line, then ``rows`` (lists of cells)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(columns)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def format_csv(results: Sequence[NetworkMeasurement]) -> str:
+    return csv_text(CSV_COLUMNS, _csv_rows(results))
+
+
+def _csv_rows(results: Sequence[NetworkMeasurement]):
     for r in results:
         err = None if r.measured_us is None else 100 * (r.predicted_us - r.measured_us) / r.measured_us
         cerr = None if r.measured_us is None or r.calibrated_us is None else 100 * (r.calibrated_us - r.measured_us) / r.measured_us
-        w.writerow([r.name, r.kind, r.split, _f(r.predicted_us), _f(r.calibrated_us), _f(r.measured_us), _f(err, 3),
-                    _f(cerr, 3), _f(r.round_spread_pct, 3), " ".join(f"{x:.3f}" for x in r.rounds_us), r.arch.macs(),
-                    r.arch.head_channels, " ".join(r.arch.blocks), r.status, r.note])
-    return buf.getvalue()
+        yield [r.name, r.kind, r.split, num(r.predicted_us), num(r.calibrated_us), num(r.measured_us), num(err, 3),
+               num(cerr, 3), num(r.round_spread_pct, 3), " ".join(f"{x:.3f}" for x in r.rounds_us), r.arch.macs(),
+               r.arch.head_channels, " ".join(r.arch.blocks), r.status, r.note]
 
 
 def write_report(result: VerifyResult, out_dir: str | Path) -> dict[str, Path]:
