@@ -395,7 +395,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         for _ in range(passes):
             sel = idx[torch.randperm(len(idx), generator=g)]
             sel = dist.shard(sel)
-            bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g) if len(b) == cfg.batch_size or len(sel) < cfg.batch_size]
+            bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g)]
         return bs[: cfg.max_steps] if cfg.max_steps else bs
 
     w_params = list(net.parameters())
