@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-limit-per-class", type=int, default=DEFAULTS["search_limit_per_class"],
                     help="images per class for the search (default: all of train/)")
     ap.add_argument("--search-epochs", type=int, default=None, help="default: the search's own default")
+    ap.add_argument("--search-min-epoch-steps", type=int, default=None, help="default: the search's own (250)")
     ap.add_argument("--no-fbnet", action="store_true", help="do not train FBNet-A/B/C for the plot")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/search_quality.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     (out / "COMMAND.txt").write_text(command + "\n")
-    reduced = any(getattr(args, k) != v for k, v in DEFAULTS.items()) or args.search_epochs is not None
+    reduced = (any(getattr(args, k) != v for k, v in DEFAULTS.items()) or args.search_epochs is not None
+               or args.search_min_epoch_steps is not None)
 
     lut = read_lut(args.lut)
     space = resolve_lut_space(lut, None, None, None)
@@ -80,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     lat, mask, fixed, _ = latency_table(space, lut, head)
     lo, hi = _space_range(lat, mask, fixed)
 
-    full = load_data(args.data, 32, space.in_channels)
     train = load_data(args.data, 32, space.in_channels, limit_per_class=args.train_per_class)
     if args.test_images < len(train.y_test):  # a stratified-by-order subset of test/ (classes interleaved)
         g = torch.Generator().manual_seed(0)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         sdir = out / f"search-{target_us / 1000:.2f}ms"
         cfg = SearchConfig(lut=args.lut, out=str(sdir), data=args.data, target_ms=target_us / 1000,
                            limit_per_class=args.search_limit_per_class, epochs=args.search_epochs, seed=args.seed,
+                           **({"min_epoch_steps": args.search_min_epoch_steps} if args.search_min_epoch_steps else {}),
                            resume=(sdir / "checkpoint.pt").exists())
         res = run_search(cfg)
         search_s = time.perf_counter() - t0
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "budget": {"train_per_class": args.train_per_class, "train_images": len(train.y_train),
                    "train_epochs": args.train_epochs, "test_images": len(train.y_test),
                    "search_limit_per_class": args.search_limit_per_class, "search_epochs": args.search_epochs or "default",
-                   "search_images": len(full.y_train) if args.search_limit_per_class is None else None},
+                   "search_min_epoch_steps": args.search_min_epoch_steps or "default",
+                   },
         "lut_range_ms": [round(lo / 1000, 4), round(hi / 1000, 4)],
         "targets": targets,
         "seed_spread": seed_spread,
