@@ -348,7 +348,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     per_pass = max(1, len(dist.shard(w_idx)) // cfg.batch_size)
     reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
     w_steps = per_pass * reps
-    t_reps = max(1, math.ceil(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))
+    t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
     epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.auto_w_steps / w_steps))
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
     lo_us = fixed_us + float(lat.masked_fill(~mask, float("inf")).min(dim=1).values.sum())
