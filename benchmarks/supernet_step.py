@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from fbprof.lut.table import read_lut
     from fbprof.search.dnas import resolve_lut_space
     from fbprof.search.loss import fbnet_loss, relaxed_latency
-    from fbprof.search.supernet import Supernet, build_child, latency_table, proxy_space, sample_gumbel
+    from fbprof.search.supernet import MEMORY_FORMAT, Supernet, build_child, latency_table, proxy_space, sample_gumbel
 
     lut = read_lut(args.lut)
     space = resolve_lut_space(lut, args.space, None, None)
@@ -54,13 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     classes = 10
     plan = proxy_space(space, args.resolution, classes, args.min_feature)
     torch.manual_seed(args.seed)
-    net = Supernet(plan.space, head)
+    net = Supernet(plan.space, head).to(memory_format=MEMORY_FORMAT)  # as the search trains it
     theta = torch.zeros(lat.shape, requires_grad=True)
     opt_w = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     opt_t = torch.optim.Adam([theta], lr=0.01)
     ce_fn = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(args.seed)
-    x = torch.randn(args.batch, space.in_channels, args.resolution, args.resolution, generator=gen)
+    x = torch.randn(args.batch, space.in_channels, args.resolution, args.resolution, generator=gen).contiguous(memory_format=MEMORY_FORMAT)
     y = torch.randint(0, classes, (args.batch,), generator=gen)
     tau = 5.0
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return [layer.candidates[i] for layer, i in zip(plan.space.layers, index)]
 
     def make_child(index):
-        child = build_child(plan.space, blocks_of(index), head)
+        child = build_child(plan.space, blocks_of(index), head).to(memory_format=MEMORY_FORMAT)
         return child, torch.optim.SGD(child.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
 
     # warm-up (allocator, kernels)

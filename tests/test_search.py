@@ -35,6 +35,11 @@ def _measure_tiny_lut(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _image_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FBPROF_CACHE_DIR", str(tmp_path / "image-cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny_lut(tmp_path_factory) -> Path:
     return _measure_tiny_lut(tmp_path_factory.mktemp("lut") / "tiny.csv")
@@ -70,7 +75,7 @@ def _config(lut: Path, data: Path, out: Path, **kw):
     from fbprof.search.dnas import SearchConfig
 
     base = dict(lut=str(lut), out=str(out), data=str(data), resolution=16, epochs=5, warmup_epochs=1,
-                batch_size=16, samples=3, seed=0)
+                batch_size=16, samples=3, seed=0, min_epoch_steps=1)
     base.update(kw)
     return SearchConfig(**base)
 
@@ -111,7 +116,7 @@ def test_tiny_search_end_to_end_cli(tiny_lut, image_folder, tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["search", "--lut", str(tiny_lut), "--data", str(image_folder), "--out", str(out),
                               "--resolution", "16", "--epochs", "6", "--warmup-epochs", "1", "--batch-size", "16",
-                              "--samples", "3", "--quiet"])
+                              "--samples", "3", "--min-epoch-steps", "1", "--quiet"])
     assert res.exit_code == 0, res.output
     assert "predicted" in res.output and "arch-best.yaml" in res.output and "most likely:" in res.output
 

@@ -12,8 +12,9 @@ from fbprof.search.dnas import SearchListener  # torch-free
 
 HELP = """Search an architecture with FBNet's DNAS, latencies read from a device LUT.
 
-Defaults finish in a few minutes on 2 CPU cores: the digits shipped with scikit-learn at a 32 px
-proxy resolution, 8 epochs (2 warm-up), hard (one-path) Gumbel-softmax sampling. Writes arch-best.yaml
+Defaults: the digits shipped with scikit-learn at a 32 px proxy resolution, about 2000 weight steps
+(the first half weights only), hard (one-path) Gumbel-softmax sampling; see docs/search.md for the
+schedule and the expected wall time. Writes arch-best.yaml
 and arch-sample-K.yaml (read by `fbprof arch info`, `fbprof predict`, `fbprof export`, `fbprof verify`),
 theta_history.json, theta.png, summary.json and a checkpoint per epoch (--resume continues).
 Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md)."""
@@ -26,13 +27,14 @@ def search(
     lut_resolution: Optional[int] = typer.Option(None, "--lut-resolution", help="resolution the LUT was measured at (default: the LUT header's)"),
     width: Optional[float] = typer.Option(None, "--width", "-w", help="width multiplier (default: the LUT header's)"),
     head_channels: Optional[int] = typer.Option(None, "--head-channels", help="head width (default: the space's first)"),
-    data: str = typer.Option("digits", "--data", help="'digits' (scikit-learn, offline) or an ImageFolder directory"),
+    data: str = typer.Option("digits", "--data", help="'digits' (scikit-learn, offline), an ImageFolder directory, or a directory with train/ and test/ ImageFolders (test/ = held out)"),
+    limit_per_class: Optional[int] = typer.Option(None, "--limit-per-class", min=1, help="use the first N training images of every class (quick runs)"),
     resolution: int = typer.Option(32, "--resolution", "-r", min=8, help="proxy training resolution (strides adapted, see docs)"),
     min_feature: int = typer.Option(2, "--min-feature", min=1, help="smallest final feature map of the proxy network"),
-    epochs: int = typer.Option(8, "--epochs", "-e", min=1),
-    warmup_epochs: int = typer.Option(2, "--warmup-epochs", min=0, help="epochs training the weights only"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="default: enough for 2000 weight steps, at least 3 (an epoch is at least 250 weight steps)"),
+    warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="epochs training the weights only (default: half the epochs)"),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=2),
-    w_lr: float = typer.Option(0.05, "--lr", help="SGD learning rate of the weights (1 epoch warm-up, then cosine)"),
+    w_lr: float = typer.Option(0.02, "--lr", help="SGD learning rate of the weights (1 epoch warm-up, then cosine)"),
     theta_lr: float = typer.Option(0.05, "--theta-lr", help="Adam learning rate of the architecture parameters"),
     tau0: float = typer.Option(5.0, "--tau0", help="initial Gumbel-softmax temperature"),
     tau_decay: float = typer.Option(0.045, "--tau-decay", help="tau is multiplied by exp(-tau_decay) every epoch"),
@@ -45,6 +47,7 @@ def search(
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="cap steps per phase per epoch (quick trials)"),
+    min_epoch_steps: int = typer.Option(250, "--min-epoch-steps", min=1, help="small datasets are cycled until an epoch has this many weight steps"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
@@ -55,10 +58,10 @@ def search(
                                                  "--target-weight": target_weight})
     cfg = SearchConfig(
         lut=str(lut), out=str(out), space=space, lut_resolution=lut_resolution, width=width, head_channels=head_channels,
-        data=data, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
+        data=data, limit_per_class=limit_per_class, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
         batch_size=batch_size, w_lr=w_lr, theta_lr=theta_lr, tau0=tau0, tau_decay=tau_decay, alpha=alpha, beta=beta,
         target_ms=target_ms, target_weight=target_weight, mode=mode, samples=samples, seed=seed, device=device,
-        max_steps=max_steps, resume=resume,
+        max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume,
     )
     listener = SearchProgress(quiet)
     try:
@@ -108,7 +111,8 @@ class SearchProgress(SearchListener):
             err_console.print(
                 f"LUT {info['lut']} ({info['device_name']} / {info['backend']}), space {info['lut_space']}, "
                 f"{info['layers']} searched layers\nproxy {info['proxy']}; {info['data']}; "
-                f"{info['w_images']} images for w, {info['theta_images']} for theta; mode {info['mode']}"
+                f"{info['w_images']} images for w, {info['theta_images']} for theta; mode {info['mode']}; "
+                f"{info['epochs']} epochs ({info['warmup_epochs']} weights only) of {info['w_steps_per_epoch']} weight steps"
                 + (f"; target {info['target_us'] / 1000:.3f} ms" if info.get("target_us") else "")
                 + (f"; {info['world_size']} processes" if info.get("world_size", 1) > 1 else "")
             )
@@ -138,11 +142,12 @@ class SearchProgress(SearchListener):
                 f"epoch {self.epoch}/{self.epochs} {phase:5s} CE {ce:.3f} LAT {latency_us / 1000:.3f} ms tau {self.tau:.2f}"))
 
     def on_epoch_end(self, record: dict) -> None:
-        ce = record["theta_ce"] if record["theta_ce"] is not None else record["w_ce"]
         self.progress.console.print(
-            f"epoch {record['epoch']}/{self.epochs} [{record['phase']}] CE {ce:.3f}  E[LAT] "
-            f"{record['expected_latency_us'] / 1000:.3f} ms  most likely {record['most_likely_latency_us'] / 1000:.3f} ms"
-            f"  tau {record['tau']:.2f}  {record['seconds']:.1f} s"
+            f"epoch {record['epoch']}/{self.epochs} [{record['phase']}] w CE {record['w_ce']:.3f}  "
+            f"theta-split CE {record['theta_split_ce_most_likely']:.3f} acc {record['theta_split_accuracy_most_likely']:.3f} "
+            f"(most likely path, BN recalibrated)  E[LAT] {record['expected_latency_us'] / 1000:.3f} ms  "
+            f"most likely {record['most_likely_latency_us'] / 1000:.3f} ms  entropy {record['theta_entropy_nats']:.2f}  "
+            f"tau {record['tau']:.2f}  {record['seconds']:.1f} s"
         )
 
     def on_finish(self, result) -> None:
@@ -171,8 +176,8 @@ def print_result(result) -> None:
         off = (best.predicted_us / result.target_us - 1) * 100
         console.print(f"target {result.target_us / 1000:.3f} ms: most likely is {off:+.1f}% off")
     if result.heldout_accuracy is not None:
-        console.print(f"held-out accuracy of the most likely path with supernet weights: {result.heldout_accuracy:.3f} "
-                      "(indicative; train it from scratch for a real number)")
+        console.print(f"held-out accuracy of the most likely path with supernet weights (BN recalibrated): "
+                      f"{result.heldout_accuracy:.3f} (indicative; train it from scratch for a real number)")
     console.print(f"search wall time {result.wall_s:.1f} s; history {result.out / 'theta_history.json'}, "
                   f"plot {result.out / 'theta.png'}")
     for w in best.warnings:

@@ -9,28 +9,37 @@ the rest, which it splits 80/20 into the weight and the architecture-parameter s
 * ``digits``: the 1797 8x8 handwritten digits that ship inside scikit-learn
   (``sklearn.datasets.load_digits``; real data, no download), values 0..16 scaled to [0, 1],
   upsampled bilinearly to R x R and repeated over the input channels.
-* a directory: one sub-folder per class, images inside read with Pillow, converted to RGB (or L
-  for one input channel) and resized to R x R. Fewer than two classes, a class without images or an
-  image Pillow cannot decode is an :class:`~fbprof.errors.InputError` naming the folder or file.
-  Everything is loaded into memory: meant for small proxy datasets (``max_images`` bounds it).
+* a directory: one sub-folder per class (an ImageFolder), or ``train/`` and ``test/`` ImageFolders of the same
+  classes (``test/`` is then the held-out part, whole, and nothing else is held out). Images are read with
+  Pillow, converted to RGB (or L for one input channel) and resized to R x R; decoded once and cached as
+  ``.npz`` in :func:`cache_dir` (keyed by the files' content). Fewer than two classes, a class without
+  images, an image Pillow cannot decode or images of different sizes are an :class:`~fbprof.errors.InputError`
+  naming the folder or file. Everything is held in memory (``max_images`` bounds it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbprof.errors import InputError
+from fbprof.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
-__all__ = ["Dataset", "load_data", "load_digits_data", "load_image_folder", "IMAGE_SUFFIXES", "stratified_split"]
+__all__ = ["Dataset", "load_data", "load_digits_data", "load_image_folder", "IMAGE_SUFFIXES", "stratified_split",
+           "cache_dir"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 DEFAULT_MAX_IMAGES = 200_000
 SPLIT_SEED = 0  # the held-out split never depends on the search seed
+CACHE_VERSION = 1
 
 
 @dataclass
@@ -106,14 +115,17 @@ def load_digits_data(resolution: int, in_channels: int = 3, test_fraction: float
                    [f"digits: 8x8 images upsampled to {resolution}x{resolution}"])
 
 
-def load_image_folder(root: str | Path, resolution: int, in_channels: int = 3, test_fraction: float = 0.2,
-                      max_images: int = DEFAULT_MAX_IMAGES) -> Dataset:
-    """An ImageFolder layout: ``root/<class>/<image>``; every image resized to ``resolution``."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
+def cache_dir() -> Path:
+    """Where decoded images are cached: ``$FBPROF_CACHE_DIR``, else ``$XDG_CACHE_HOME/fbprof/images``, else
+    ``~/.cache/fbprof/images``."""
+    env = os.environ.get("FBPROF_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fbprof" / "images"
 
-    root = Path(root)
+
+def _class_folders(root: Path, what: str) -> list[Path]:
     if not root.exists():
         raise InputError(f"{root}: no such data directory")
     if not root.is_dir():
@@ -121,40 +133,153 @@ def load_image_folder(root: str | Path, resolution: int, in_channels: int = 3, t
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(folders) < 2:
         found = ", ".join(p.name for p in folders) or "none"
-        raise InputError(f"{root}: an ImageFolder needs at least 2 class sub-folders, found {len(folders)} ({found})",
-                         hint="lay images out as DIR/<class name>/<image>.png, one sub-folder per class")
+        raise InputError(f"{root}: {what} needs at least 2 class sub-folders, found {len(folders)} ({found})",
+                         hint="lay images out as DIR/<class name>/<image>.png, one sub-folder per class "
+                              "(or DIR/train/<class>/... and DIR/test/<class>/...)")
+    return folders
+
+
+def _list_images(folders: list[Path], limit_per_class: int | None) -> list[tuple[Path, int]]:
     files: list[tuple[Path, int]] = []
     for ci, folder in enumerate(folders):
         imgs = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                       and not p.name.startswith("."))
         if not imgs:
             raise InputError(f"{folder}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        if limit_per_class is not None:
+            imgs = imgs[:limit_per_class]
         files += [(p, ci) for p in imgs]
-        if len(files) > max_images:
-            raise InputError(f"{root}: more than {max_images} images; the search loads its proxy data into memory",
-                             hint="use a smaller proxy subset of the data")
-    mode = "L" if in_channels == 1 else "RGB"
-    arrays = np.empty((len(files), resolution, resolution, 1 if mode == "L" else 3), dtype=np.uint8)
+    return files
+
+
+def _decode(files: list[tuple[Path, int]], resolution: int, mode: str, note=None) -> tuple["np.ndarray", "np.ndarray", str]:
+    """uint8 images (N x R x R x C) and labels, decoded once and cached in :func:`cache_dir` as ``.npz``
+    (no pickles), keyed by the content of every file, its class and path, the resolution and the colour mode;
+    a changed file, a new or removed image or another resolution is another key. Returns (x, y, cache path)."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    h = hashlib.sha256(f"fbprof-images v{CACHE_VERSION} {resolution} {mode}\n".encode())
+    for path, label in files:
+        try:
+            blob = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read image: {e.strerror or e}") from None
+        h.update(f"{path.parent.name}/{path.name}\t{label}\t{len(blob)}\n".encode())
+        h.update(hashlib.sha256(blob).digest())
+    key = h.hexdigest()[:32]
+    cache = cache_dir() / f"{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                x, y = z["x"], z["y"]
+            if len(x) == len(files) == len(y) and x.shape[1:3] == (resolution, resolution):
+                return x, y, str(cache)
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt
+            pass
+    channels = 1 if mode == "L" else 3
+    x = np.empty((len(files), resolution, resolution, channels), dtype=np.uint8)
+    first: tuple[Path, tuple[int, int]] | None = None
     for i, (path, _) in enumerate(files):
         try:
             with Image.open(path) as im:
+                size = im.size
+                if first is None:
+                    first = (path, size)
+                elif size != first[1]:
+                    raise InputError(f"{path}: image is {size[0]}x{size[1]}, but {first[0]} is "
+                                     f"{first[1][0]}x{first[1][1]}: the images of a dataset must all have one size",
+                                     hint="resize the images to one size first")
                 im = im.convert(mode).resize((resolution, resolution), Image.Resampling.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
+        except InputError:
+            raise
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
             raise InputError(f"{path}: cannot read image: {e}") from None
-        arrays[i] = a.reshape(resolution, resolution, -1)
-    x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255.0
+        x[i] = a.reshape(resolution, resolution, channels)
+    y = np.asarray([c for _, c in files], dtype=np.int64)
+    try:
+        buf = io.BytesIO()
+        np.savez(buf, x=x, y=y)
+        atomic_write_bytes(cache, buf.getvalue())
+        if note is not None:
+            note(f"decoded {len(files)} images, cached in {cache}")
+    except OSError as e:  # a read-only home is not an error; the next run decodes again
+        if note is not None:
+            note(f"could not write the image cache {cache}: {e}")
+        return x, y, ""
+    return x, y, str(cache)
+
+
+def load_image_folder(root: str | Path, resolution: int, in_channels: int = 3, test_fraction: float = 0.2,
+                      max_images: int = DEFAULT_MAX_IMAGES, limit_per_class: int | None = None, note=None) -> Dataset:
+    """An ImageFolder ``root/<class>/<image>`` (a fixed, stratified ``test_fraction`` held out), or a folder with
+    ``train/`` and ``test/`` ImageFolders of the same classes (``test/`` is then the held-out set, whole).
+    ``limit_per_class`` keeps the first N images (sorted by name) of every training class. Images are resized
+    to ``resolution``; they must all have one size."""
+    import torch
+
+    root = Path(root)
+    split = (root / "train").is_dir() and (root / "test").is_dir()
+    mode = "L" if in_channels == 1 else "RGB"
+    if split:
+        folders = _class_folders(root / "train", "the train/ ImageFolder")
+        test_folders = _class_folders(root / "test", "the test/ ImageFolder")
+        if [p.name for p in folders] != [p.name for p in test_folders]:
+            raise InputError(f"{root}: train/ and test/ have different classes "
+                             f"({', '.join(p.name for p in folders)} vs {', '.join(p.name for p in test_folders)})")
+        files = _list_images(folders, limit_per_class)
+        test_files = _list_images(test_folders, None)
+    else:
+        folders = _class_folders(root, "an ImageFolder")
+        files = _list_images(folders, None)
+        test_files = []
+    if len(files) + len(test_files) > max_images:
+        raise InputError(f"{root}: more than {max_images} images; the search loads its proxy data into memory",
+                         hint="use --limit-per-class N or a smaller proxy subset of the data")
+    x_np, y_np, cached = _decode(files + test_files, resolution, mode, note)
+    x = torch.from_numpy(x_np).permute(0, 3, 1, 2).float() / 255.0
     if x.shape[1] != in_channels:
         x = x[:, :1].repeat(1, in_channels, 1, 1) if in_channels != 3 else x
-    y = torch.tensor([c for _, c in files], dtype=torch.long)
-    return _finish(root.name or str(root), [p.name for p in folders], x, y, resolution, test_fraction,
-                   [f"{root}: {len(files)} images in {len(folders)} classes resized to {resolution}x{resolution}"])
+    y = torch.from_numpy(y_np).long()
+    name = root.name or str(root)
+    notes = [f"{root}: {len(files)} training" + (f" + {len(test_files)} test" if split else "")
+             + f" images in {len(folders)} classes resized to {resolution}x{resolution}"
+             + (f", first {limit_per_class} per class" if limit_per_class else "")]
+    if cached:
+        notes.append(f"decoded images cached in {cached}")
+    classes = [p.name for p in folders]
+    if not split:
+        ds = _finish(name, classes, x, y, resolution, test_fraction, notes)
+        return _limit(ds, limit_per_class)
+    n = len(files)
+    x_train, x_test = x[:n], x[n:]
+    mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
+    std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-3)
+    return Dataset(name, classes, ((x_train - mean) / std).contiguous(), y[:n].clone(),
+                   ((x_test - mean) / std).contiguous(), y[n:].clone(), resolution, notes)
 
 
-def load_data(spec: str | Path, resolution: int, in_channels: int = 3, test_fraction: float = 0.2) -> Dataset:
-    """``digits`` or an ImageFolder directory."""
+def _limit(ds: Dataset, limit_per_class: int | None) -> Dataset:
+    """Keep the first ``limit_per_class`` training images of every class (the held-out part is unchanged)."""
+    import torch
+
+    if limit_per_class is None:
+        return ds
+    keep = torch.cat([torch.nonzero(ds.y_train == c).flatten()[:limit_per_class] for c in range(ds.num_classes)])
+    keep = keep.sort().values
+    ds.x_train, ds.y_train = ds.x_train[keep].contiguous(), ds.y_train[keep].clone()
+    ds.notes.append(f"first {limit_per_class} training images per class")
+    return ds
+
+
+def load_data(spec: str | Path, resolution: int, in_channels: int = 3, test_fraction: float = 0.2,
+              limit_per_class: int | None = None, note=None) -> Dataset:
+    """``digits`` or an ImageFolder directory (see :func:`load_image_folder`)."""
     if not 0.0 <= test_fraction < 0.9:
         raise InputError(f"test fraction must be in [0, 0.9), got {test_fraction}")
+    if limit_per_class is not None and limit_per_class < 1:
+        raise InputError(f"--limit-per-class must be >= 1, got {limit_per_class}")
     if str(spec) == "digits":
-        return load_digits_data(resolution, in_channels, test_fraction)
-    return load_image_folder(spec, resolution, in_channels, test_fraction)
+        return _limit(load_digits_data(resolution, in_channels, test_fraction), limit_per_class)
+    return load_image_folder(spec, resolution, in_channels, test_fraction, limit_per_class=limit_per_class, note=note)

@@ -49,6 +49,16 @@ MODES = ("hard", "soft")
 #: likely architecture's in the second penalty term
 PEAK_TAU = 0.1
 RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps"}
+#: default length of a search, in weight steps (``--epochs`` not given): enough for the supernet's CE to fall
+#: well below chance on the digits and on CIFAR-10 (docs/search.md, "Schedule")
+AUTO_W_STEPS = 2000
+#: an epoch has at least this many weight steps (small datasets are cycled): a per-epoch schedule of tau,
+#: warm-up and checkpoints then means the same on 1,000 images as on 50,000
+MIN_EPOCH_W_STEPS = 250
+#: per-epoch evaluation of the most likely path: BN statistics from this many weight-split images, accuracy and
+#: CE on at most this many architecture-split images
+EVAL_CAL_IMAGES = 512
+EVAL_THETA_IMAGES = 2000
 
 
 @dataclass
@@ -60,13 +70,14 @@ class SearchConfig:
     width: float | None = None  # default: likewise
     head_channels: int | None = None  # default: the space's first head width
     data: str = "digits"
+    limit_per_class: int | None = None  # use only the first N training images of every class (quick runs)
     resolution: int = 32  # proxy training resolution
     min_feature: int = 2  # stride adaptation: smallest final feature map of the proxy network
     test_fraction: float = 0.2
-    epochs: int = 8
-    warmup_epochs: int = 2
+    epochs: int | None = None  # default: enough epochs for AUTO_W_STEPS weight steps, at least 3
+    warmup_epochs: int | None = None  # default: half the epochs (at least 1)
     batch_size: int = 32
-    w_lr: float = 0.05
+    w_lr: float = 0.02
     w_momentum: float = 0.9
     w_weight_decay: float = 1e-4
     theta_lr: float = 0.05
@@ -82,17 +93,21 @@ class SearchConfig:
     seed: int = 0
     device: str = "cpu"
     max_steps: int | None = None  # cap on steps per phase per epoch (quick runs, tests)
+    min_epoch_steps: int = MIN_EPOCH_W_STEPS  # small datasets are cycled until an epoch has this many w steps
+    auto_w_steps: int = AUTO_W_STEPS  # --epochs not given: about this many weight steps in all
     resume: bool = False
+    shared_init: bool = True  # shape-changing layers' candidates start as one function (see supernet.py)
 
     def validate(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"--device must be cpu or cuda, got {self.device!r}")
-        for name in ("epochs", "batch_size", "resolution", "min_feature"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "resolution", "min_feature", "limit_per_class", "min_epoch_steps",
+                     "auto_w_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_epochs:
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs:
             raise InputError(f"warm-up epochs must be >= 0, got {self.warmup_epochs}")
         if self.batch_size < 2:
             raise InputError("batch size must be >= 2 (BatchNorm in training mode)")
@@ -150,6 +165,7 @@ class SearchResult:
     heldout_accuracy: float | None
     warnings: list[str]
     target_us: float | None
+    heldout_ce: float | None = None
 
     @property
     def best(self) -> ArchResult:
@@ -274,9 +290,9 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     from fbprof.lut.predict import predict, require_space
     from fbprof.search.data import load_data, stratified_split
     from fbprof.search.loss import fbnet_loss, relaxed_latency, target_loss
-    from fbprof.search.supernet import (Supernet, expected_latency, latency_table, log_prob, proxy_space,
-                                        sample_gumbel)
-    from fbprof.search.train import accuracy, batches, lr_at
+    from fbprof.search.supernet import (MEMORY_FORMAT, Supernet, expected_latency, latency_table, log_prob,
+                                        proxy_space, sample_gumbel, to_device)
+    from fbprof.search.train import batches, lr_at
 
     cfg.validate()
     dist = _Dist(cfg)
@@ -309,15 +325,26 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                              + "\n  ".join(diffs), hint="use the same options (only --epochs may grow) or another --out")
 
     device = _device(cfg, dist.local_rank)
-    data = load_data(cfg.data, cfg.resolution, lut_space.in_channels, cfg.test_fraction)
+    data = load_data(cfg.data, cfg.resolution, lut_space.in_channels, cfg.test_fraction,
+                     limit_per_class=cfg.limit_per_class, note=lis.on_note)
     plan = proxy_space(lut_space, cfg.resolution, data.num_classes, cfg.min_feature)
     proxy = plan.space
     w_idx, t_idx = stratified_split(data.y_train, 0.2, cfg.seed)
     if len(w_idx) < 2 or len(t_idx) < 2:
         raise InputError(f"{data.describe()}: too few images to split 80/20 into weight and architecture sets")
 
+    # ---- schedule: epochs of at least MIN_EPOCH_W_STEPS weight steps; by default AUTO_W_STEPS in all ----
+    per_pass = max(1, len(dist.shard(w_idx)) // cfg.batch_size)
+    reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
+    w_steps = per_pass * reps
+    t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
+    epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.auto_w_steps / w_steps))
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
+    lo_us = fixed_us + float(lat.masked_fill(~mask, float("inf")).min(dim=1).values.sum())
+    hi_us = fixed_us + float(lat.masked_fill(~mask, float("-inf")).max(dim=1).values.sum())
+
     torch.manual_seed(cfg.seed)
-    net = Supernet(proxy, head).to(device)
+    net = Supernet(proxy, head, shared_init=cfg.shared_init, seed=cfg.seed).to(device, memory_format=MEMORY_FORMAT)
     theta = torch.zeros(lat.shape, device=device, requires_grad=True)
     lat_d, mask_d = lat.to(device), mask.to(device)
     opt_w = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
@@ -332,7 +359,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         opt_t.load_state_dict(state_prev["opt_theta"])
         history = list(meta_prev.get("history", []))
         start = int(meta_prev["epoch_done"])
-        lis.on_note(f"resumed from {ckpt}: {start} of {cfg.epochs} epochs done")
+        lis.on_note(f"resumed from {ckpt}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"
     ce_fn = nn.CrossEntropyLoss()
@@ -342,39 +369,42 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         "proxy": f"{proxy.resolution}px, final {proxy.final_hw[0]}x{proxy.final_hw[1]}"
                  + (f", strides of {', '.join(plan.dropped)} set to 1" if plan.dropped else ""),
         "data": data.describe(), "layers": len(lut_space.layers), "mode": cfg.mode,
-        "w_images": len(w_idx), "theta_images": len(t_idx), "epochs": cfg.epochs, "start_epoch": start,
-        "world_size": dist.world, "target_us": target_us, "fixed_us": fixed_us,
+        "w_images": len(w_idx), "theta_images": len(t_idx), "epochs": epochs, "warmup_epochs": warmup,
+        "w_steps_per_epoch": w_steps if not cfg.max_steps else min(w_steps, cfg.max_steps),
+        "start_epoch": start, "world_size": dist.world, "target_us": target_us, "fixed_us": fixed_us,
+        "lut_range_us": [lo_us, hi_us], "data_notes": list(data.notes), "shared_init_candidates": net.shared_init,
     }
     lis.on_start(info)
     for w in warnings:
         lis.on_note(f"warning: {w}")
 
-    def phase_batches(idx, epoch: int, salt: int) -> list:
+    def phase_batches(idx, epoch: int, salt: int, passes: int) -> list:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + salt)
-        sel = idx[torch.randperm(len(idx), generator=g)]
-        sel = dist.shard(sel)
-        bs = batches(len(sel), cfg.batch_size, g)
-        bs = [sel[b] for b in bs]
+        bs = []
+        for _ in range(passes):
+            sel = idx[torch.randperm(len(idx), generator=g)]
+            sel = dist.shard(sel)
+            bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g)]
         return bs[: cfg.max_steps] if cfg.max_steps else bs
 
     w_params = list(net.parameters())
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, epochs):
         t0 = time.perf_counter()
         tau = cfg.tau(epoch)
         lr = cfg.w_lr
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-        wb = phase_batches(w_idx, epoch, 1)
-        tb = phase_batches(t_idx, epoch, 2) if epoch >= cfg.warmup_epochs else []
-        lis.on_epoch_start(epoch + 1, cfg.epochs, tau, {"w": len(wb), "theta": len(tb)})
+        wb = phase_batches(w_idx, epoch, 1, reps)
+        tb = phase_batches(t_idx, epoch, 2, t_reps) if epoch >= warmup else []
+        lis.on_epoch_start(epoch + 1, epochs, tau, {"w": len(wb), "theta": len(tb)})
 
         # ---- weights ----
         net.train()
         w_ce, w_lat = [], []
         for si, b in enumerate(wb):
-            lr = lr_at(cfg.w_lr, epoch * len(wb) + si, cfg.epochs * len(wb), len(wb))
+            lr = lr_at(cfg.w_lr, epoch * len(wb) + si, epochs * len(wb), len(wb))
             for gr in opt_w.param_groups:
                 gr["lr"] = lr
-            x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+            x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
             with torch.no_grad():
                 m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
             logits = net(x, index=index) if hard else net(x, weights=m)
@@ -394,7 +424,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
             for p in w_params:
                 p.requires_grad_(False)
             for si, b in enumerate(tb):
-                x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+                x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
                 m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
                 logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
                 ce = ce_fn(logits, y)
@@ -418,14 +448,23 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
 
         th = theta.detach().cpu()
         best_index = torch.argmax(th.masked_fill(~mask, float("-inf")), dim=-1).tolist()
+        # the most likely path, BN recalibrated, on (part of) the architecture split: never the held-out images
+        ev_ce, ev_acc = evaluate_path(net, best_index, data.x_train[w_idx[:EVAL_CAL_IMAGES]],
+                                      data.x_train[t_idx[:EVAL_THETA_IMAGES]], data.y_train[t_idx[:EVAL_THETA_IMAGES]],
+                                      device, cfg.batch_size)
         record = {
             "epoch": epoch + 1,
             "tau": tau,
             "lr_w": lr,
             "phase": "w" if not tb else "w+theta",
+            "w_steps": len(wb),
+            "theta_steps": len(tb),
             "w_ce": _mean(w_ce),
             "theta_ce": _mean(t_ce),
             "theta_loss": _mean(t_loss),
+            "theta_split_ce_most_likely": ev_ce,
+            "theta_split_accuracy_most_likely": ev_acc,
+            "theta_entropy_nats": theta_entropy(th, mask),
             "sampled_latency_us": _mean(t_lat or w_lat),
             "expected_latency_us": expected_latency(th, mask, lat, fixed_us),
             "most_likely_latency_us": float(fixed_us + sum(float(lat[li, i]) for li, i in enumerate(best_index))),
@@ -434,7 +473,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         }
         history.append(record)
         if dist.main:
-            meta = {"epoch_done": epoch + 1, "config": cfg.identity(), "history": history}
+            meta = {"epoch_done": epoch + 1, "epochs": epochs, "config": cfg.identity(), "history": history}
             state = {"supernet": net.state_dict(), "theta": th.clone(), "opt_w": opt_w.state_dict(),
                      "opt_theta": opt_t.state_dict()}
             _save_checkpoint(out, state, meta)
@@ -473,37 +512,60 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
             arch.dump(path)
         archs.append(ArchResult(label, arch.name, blocks, str(path), pred.total_us, arch.macs(), arch.params(),
                                 log_prob(th, mask, idx), pred.warnings))
+    heldout_ce = None
     if len(data.y_test):
-        heldout = _heldout_accuracy(net, best_index, data, cfg, device, accuracy)
+        heldout_ce, heldout = evaluate_path(net, best_index, data.x_train[w_idx[:EVAL_CAL_IMAGES]], data.x_test,
+                                            data.y_test, device, cfg.batch_size)
     wall = sum(r["seconds"] for r in history)
-    result = SearchResult(out, archs, history, wall, info["lut_space"], info, heldout, warnings, target_us)
+    result = SearchResult(out, archs, history, wall, info["lut_space"], info, heldout, warnings, target_us, heldout_ce)
     if dist.main:
         _write_outputs(result, cfg, lut_space, lat, mask, fixed_us)
     lis.on_finish(result)
     return result
 
 
-def _heldout_accuracy(net, index: list[int], data, cfg: SearchConfig, device, accuracy) -> float:
-    """Accuracy of the most likely architecture with the supernet's weights, BatchNorm statistics of its
-    path re-estimated on training images first (they were shared with other sampled paths)."""
+def evaluate_path(net, index: list[int], x_cal, x_eval, y_eval, device, batch_size: int = 32) -> tuple[float, float]:
+    """(CE, accuracy) of one path of the supernet on ``x_eval``, after re-estimating the BatchNorm statistics of
+    that path (and only that path) on ``x_cal``: the running statistics a supernet keeps are shared by every
+    sampled path, so they do not describe any one of them. Leaves the supernet in training mode."""
     import torch
     from torch import nn
 
+    from fbprof.search.supernet import to_device
+
     path_modules = [net.stem, net.head, net.fc] + [ops[i] for ops, i in zip(net.choices, index)]
     bns = [m for mod in path_modules for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = {id(m): (m.momentum,) for m in bns}
+    saved = [m.momentum for m in bns]
     with torch.no_grad():
         for m in bns:
             m.reset_running_stats()
-            m.momentum = None
+            m.momentum = None  # cumulative average over the calibration batches
         net.train()
-        n = min(len(data.y_train), 512)
-        for i in range(0, n, cfg.batch_size):
-            if n - i >= 2:
-                net(data.x_train[i:i + cfg.batch_size].to(device), index=index)
-    for m in bns:
-        m.momentum = saved[id(m)][0]
-    return accuracy(net, data.x_test, data.y_test, str(device), index=index)
+        bs = max(2, batch_size)
+        for i in range(0, len(x_cal), bs):
+            if len(x_cal) - i >= 2:
+                net(to_device(x_cal[i:i + bs], device), index=index)
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        net.eval()
+        ce_sum, correct = 0.0, 0
+        for i in range(0, len(y_eval), 256):
+            out = net(to_device(x_eval[i:i + 256], device), index=index).float().cpu()
+            y = y_eval[i:i + 256]
+            ce_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
+            correct += int((out.argmax(dim=1) == y).sum())
+    net.train()
+    n = max(1, len(y_eval))
+    return ce_sum / n, correct / n
+
+
+def theta_entropy(theta, mask) -> float:
+    """Mean over layers of the entropy (nats) of softmax(theta_l); ln(9) = 2.197 for 9 uniform candidates."""
+    import torch
+
+    logp = torch.log_softmax(theta.masked_fill(~mask, float("-inf")), dim=-1)
+    p = logp.exp()
+    return float((-(p * logp.masked_fill(~mask, 0.0)).sum(dim=-1)).mean())
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -532,7 +594,15 @@ def _write_outputs(result: SearchResult, cfg: SearchConfig, lut_space: Space, la
         "config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
         "search": result.proxy,
         "wall_s": round(result.wall_s, 2),
+        "epochs": result.proxy.get("epochs"),
+        "warmup_epochs": result.proxy.get("warmup_epochs"),
+        "lut_range_us": [round(v, 3) for v in result.proxy.get("lut_range_us", [])],
+        # the most likely architecture with the supernet's weights, BN statistics of its path re-estimated on
+        # weight-split images, on the held-out images (never used for w or theta)
         "heldout_accuracy_supernet": result.heldout_accuracy,
+        "heldout_ce_supernet": result.heldout_ce,
+        "per_epoch": [{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items() if k != "probs"}
+                      for r in result.history],
         "target_us": result.target_us,
         "warnings": result.warnings,
         "architectures": [

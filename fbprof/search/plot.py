@@ -14,9 +14,7 @@ __all__ = ["plot_theta_history"]
 
 def plot_theta_history(history: dict[str, Any], path: str | Path) -> None:
     """One small stacked-area chart per searched layer: P(candidate) against the epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    import matplotlib  # a Figure draws with Agg itself: no process-wide backend is chosen
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 

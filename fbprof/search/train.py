@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fbprof.search.data import Dataset
-from fbprof.search.supernet import build_child
+from fbprof.search.supernet import MEMORY_FORMAT, build_child, to_device
 from fbprof.space import Space
 
 __all__ = ["TrainResult", "train_child", "accuracy", "batches", "lr_at"]
@@ -40,7 +40,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str = "
     model.eval()
     correct = 0
     for i in range(0, len(y), batch_size):
-        out = model(x[i:i + batch_size].to(device), **forward_kwargs)
+        out = model(to_device(x[i:i + batch_size], device), **forward_kwargs)
         correct += int((out.argmax(dim=1).cpu() == y[i:i + batch_size]).sum())
     model.train(was)
     return correct / len(y)
@@ -58,7 +58,7 @@ def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels
     """SGD with momentum (nesterov), one epoch of linear warm-up then a cosine learning rate, for ``epochs`` on the
     training part; accuracy on the held-out part."""
     torch.manual_seed(seed)
-    net = build_child(proxy, blocks, head_channels).to(device)
+    net = build_child(proxy, blocks, head_channels).to(device, memory_format=MEMORY_FORMAT)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -71,7 +71,7 @@ def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels
         for b in batches(len(data.y_train), batch_size, gen):
             for g in opt.param_groups:
                 g["lr"] = lr_at(lr, steps, total, per_epoch)
-            x, y = data.x_train[b].to(device), data.y_train[b].to(device)
+            x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
             loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
