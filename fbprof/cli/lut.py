@@ -19,8 +19,11 @@ def validate(files: list[Path] = typer.Argument(..., help="LUT CSV files")) -> N
 
     for f in files:
         lut = read_lut(f)
+        lut.space_tags()
+        grid = lut.grid()
         c = lut.counts()
-        console.print(f"{f}: valid, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
+        cells = f", grid of {len(grid)} cells" if grid else ""
+        console.print(f"{f}: valid{cells}, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
 
 
 @lut_app.command("show")

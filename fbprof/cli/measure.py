@@ -66,8 +66,13 @@ def measure(
         safe = device.replace(":", "_").replace("/", "_")
         out = Path(f"{safe}-{be}.csv")
     # the canonical command that reproduces this LUT (recorded in its header)
-    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space, "--resolution", str(sp.resolution),
-           "--width", f"{sp.width:g}", "--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
+    channels = getattr(sp, "kind", "") == "channels"  # FBNetV2-style: several resolutions, a grid
+    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space]
+    if not channels or resolution is not None:
+        cmd += ["--resolution", str(sp.resolution)]
+    if not channels:
+        cmd += ["--width", f"{sp.width:g}"]
+    cmd += ["--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
            "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
     if profile:
         cmd += ["--profile", profile]
@@ -83,7 +88,7 @@ def measure(
     with dev:
         req = MeasureRequest(
             specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
-            spaces=[sp.tag], remeasure=remeasure,
+            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels else [], remeasure=remeasure,
             cache=ArtifactCache(cache_dir), export_workers=workers,
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )
