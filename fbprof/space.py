@@ -653,6 +653,30 @@ class ChannelSpace:
             specs.update(OpSpec("fc", hc, 1, 1, self.num_classes, 1) for hc in self.head_channels)
         return sorted((s for s in specs if not s.is_identity), key=lambda s: s.key)
 
+    def heldout_specs(self, count: int, seed: int = 0) -> list[OpSpec]:
+        """``count`` inverted-residual ops of the space *off* the grid (cin or cout, or both, not an axis
+        point), drawn at random (fixed seed): measured directly, they check the interpolation."""
+        import random
+
+        rng = random.Random(seed)
+        pool = []
+        for r in self.resolutions:
+            positions, _, _ = self._positions(r)
+            for layer, h, w, cins in positions:
+                ca, oa = _grid_axis(cins, self.grid_points), _grid_axis(layer.widths, self.grid_points)
+                off = [(ci, co) for ci in cins for co in layer.widths if ci not in ca or co not in oa]
+                blocks = [b for b in layer.candidates if parse_block(b).kind == "ir"]
+                if off and blocks:
+                    pool.append((layer, h, w, off, blocks))
+        out: set[OpSpec] = set()
+        tries = 0
+        while pool and len(out) < count and tries < 100 * count:
+            tries += 1
+            layer, h, w, off, blocks = rng.choice(pool)
+            ci, co = rng.choice(off)
+            out.add(OpSpec(rng.choice(blocks), ci, h, w, co, layer.stride))
+        return sorted(out, key=lambda s: s.key)
+
     def block_allowed(self, layer: ChannelLayer, block: str) -> bool:
         """A candidate, or an IR block whose family has candidates of smaller and larger expansion (its
         latency is then interpolated between them)."""
@@ -782,13 +806,14 @@ def decode_channel_space(data: dict, path: str, source: str, resolution: int | N
     if points < 2:
         f.bad(grid_d, "points", "grid.points: at least 2 (the ends of every axis)")
 
-    def block_of(where: dict, key: str, kinds: tuple[str, ...], default: str) -> str:
+    def block_of(where: dict, ctx: str, kinds: tuple[str, ...], default: str) -> str:
+        key = "block"
         b = where.get(key, default)
         try:
             if not isinstance(b, str) or parse_block(b).kind not in kinds:
-                f.bad(where, key, f"{key}: expected a block of kind {' or '.join(kinds)}, got {b!r}")
+                f.bad(where, key, f"{ctx}{key}: expected a block of kind {' or '.join(kinds)}, got {b!r}")
         except InputError as e:
-            f.bad(where, key, f"{key}: {e.message}")
+            f.bad(where, key, f"{ctx}{key}: {e.message}")
         return b if isinstance(b, str) else default
 
     def cands(cs: Any, where: dict) -> tuple[str, ...]:
@@ -809,11 +834,11 @@ def decode_channel_space(data: dict, path: str, source: str, resolution: int | N
     f.unknown(stem_d, {"channels", "stride", "block"}, "stem.")
     stem_widths = _int_list(f, stem_d, "channels", "stem.")
     stem_stride = f.pos_int(stem_d, "stride", "stem.", 2)
-    stem_block = block_of(stem_d, "block", ("stem",), "stem")
+    stem_block = block_of(stem_d, "stem.", ("stem",), "stem")
     head_d = f.mapping(d.get("head", {}), "head")
     f.unknown(head_d, {"channels", "block"}, "head.")
     head_channels = _int_list(f, head_d, "channels", "head.")
-    head_block = block_of(head_d, "block", ("irpool", "head"), "head")
+    head_block = block_of(head_d, "head.", ("irpool", "head"), "head")
     top = cands(d["candidates"], d) if "candidates" in d else None
     stages = d.get("stages")
     if not isinstance(stages, list) or not stages:

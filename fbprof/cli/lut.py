@@ -85,5 +85,32 @@ def diff(
         console.print(f"only in A: {len(d.only_a)} ops, only in B: {len(d.only_b)} ops")
 
 
+@lut_app.command("interp-check")
+def interp_check(
+    grid: Path = typer.Argument(..., help="grid LUT (built with `fbprof measure --space fbnetv2`)"),
+    heldout: Path = typer.Argument(..., help="held-out LUT (built with `fbprof measure --space fbnetv2 --heldout N`)"),
+) -> None:
+    """Interpolation error of a grid LUT on held-out off-grid ops measured directly (MAPE)."""
+    from fbprof.errors import InputError
+    from fbprof.lut.interp import check_interpolation
+    from fbprof.lut.table import read_lut
+
+    g, h = read_lut(grid), read_lut(heldout)
+    for name in ("device", "backend", "threads"):
+        if g.header.get(name) != h.header.get(name):
+            raise InputError(f"{grid} and {heldout} were measured differently ({name}: {g.header.get(name)!r} vs "
+                             f"{h.header.get(name)!r})")
+    check = check_interpolation(g, h)
+    t = Table("key", "measured µs", "interpolated µs", "error")
+    for key, m, p in check.rows:
+        t.add_row(key, f"{m:.1f}", f"{p:.1f}", f"{100 * (p - m) / m:+.1f}%" if m > 0 else "-")
+    console.print(t)
+    for key, why in check.skipped:
+        console.print(f"[dim]skipped {key}: {why}")
+    if not check.rows:
+        raise InputError(f"{heldout}: no held-out row the grid of {grid} can answer")
+    console.print(f"MAPE {check.mape:.2f}% over {len(check.rows)} held-out ops ({len(check.skipped)} skipped)")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(lut_app, name="lut")

@@ -34,6 +34,7 @@ def measure(
     runner: Optional[str] = typer.Option(None, "--runner", help="adb: benchmark_model (default for s8) or python"),
     token: Optional[str] = typer.Option(None, "--token", help="ios: pairing token shown by the companion app"),
     option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
+    heldout: int = typer.Option(0, "--heldout", min=0, help="channel spaces: measure N random off-grid ops instead of the grid (check them with `fbprof lut interp-check`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
     """Measure every op of a search space on a device and write (or extend) its LUT CSV."""
@@ -74,6 +75,10 @@ def measure(
         cmd += ["--width", f"{sp.width:g}"]
     cmd += ["--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
            "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
+    if heldout:
+        if not channels:
+            raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
+        cmd += ["--heldout", str(heldout)]
     if profile:
         cmd += ["--profile", profile]
     if onnx_exporter != "dynamo":
@@ -87,8 +92,8 @@ def measure(
     listener = ProgressListener(quiet=quiet)
     with dev:
         req = MeasureRequest(
-            specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
-            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels else [], remeasure=remeasure,
+            specs=sp.heldout_specs(heldout) if heldout else sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
+            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels and not heldout else [], remeasure=remeasure,
             cache=ArtifactCache(cache_dir), export_workers=workers,
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )

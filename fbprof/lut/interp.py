@@ -23,7 +23,7 @@ from fbprof.lut.table import Lut
 from fbprof.space import GridCell
 from fbprof.spec import OpSpec, parse_block
 
-__all__ = ["bilinear", "OutsideGridError", "GridLut", "predict_interpolated"]
+__all__ = ["bilinear", "OutsideGridError", "GridLut", "predict_interpolated", "InterpCheck", "check_interpolation"]
 
 _EPS = 1e-9
 
@@ -44,10 +44,15 @@ class OutsideGridError(InputError):
         )
 
 
+def _value(x: Any) -> float:
+    """A plain float of a number or a 0-d tensor (detached: only for choosing the cell)."""
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
+
+
 def _bracket(axis: Sequence[float], x: Any) -> tuple[int, int, Any]:
     """Indices (i, j) of the axis points around ``x`` and the weight ``t`` of point j (x = (1-t)a_i + t a_j).
     ``x`` may be a tensor: ``t`` is computed from it by arithmetic, so it carries the gradient."""
-    xv = float(x)
+    xv = _value(x)
     if xv < axis[0] - _EPS or xv > axis[-1] + _EPS:
         raise ValueError(f"{xv:g} outside [{axis[0]:g}, {axis[-1]:g}]")
     if len(axis) == 1:
@@ -97,7 +102,7 @@ class GridLut:
 
     def cell(self, h: int, w: int, stride: int, cin: float, cout: float) -> GridCell | None:
         """A cell at that size and stride whose axes cover (cin, cout) (the narrowest when several do)."""
-        found = [c for c in self.cells if (c.h, c.w, c.stride) == (h, w, stride) and c.contains(float(cin), float(cout))]
+        found = [c for c in self.cells if (c.h, c.w, c.stride) == (h, w, stride) and c.contains(_value(cin), _value(cout))]
         return min(found, key=lambda c: (c.cin[-1] - c.cin[0]) * (c.cout[-1] - c.cout[0])) if found else None
 
     def _corners(self, block: str, cell: GridCell) -> list[list[float]] | None:
@@ -112,7 +117,7 @@ class GridLut:
         them): bilinear over the grid cell, and linear in the expansion between measured ones of the block's
         family. Raises :class:`OutsideGridError` when the grid does not cover the query."""
         w = h if w is None else w
-        what = f"{block} at {float(cin):g}->{float(cout):g} channels, {h}x{w}, stride {stride}"
+        what = f"{block} at {_value(cin):g}->{_value(cout):g} channels, {h}x{w}, stride {stride}"
         b = parse_block(block)
         if b.kind != "ir":
             raise OutsideGridError(self.path, [f"{what}: only inverted residual blocks are interpolated"])
@@ -186,3 +191,43 @@ def predict_interpolated(arch, lut: Lut):
     warnings = [f"{r.key} is {r.status}: {r.note or 'see the LUT'}" for r in lut.not_ok([s for _, s in arch.ops()])]
     total = sum(c.latency_us for c in layers)
     return Prediction(arch.name, total, layers, warnings)
+
+
+@dataclass
+class InterpCheck:
+    """Interpolated against directly measured latency of held-out (off-grid) ops."""
+
+    rows: list[tuple[str, float, float]]  # (key, measured µs, interpolated µs)
+    skipped: list[tuple[str, str]]  # (key, why)
+
+    @staticmethod
+    def error(measured: float, predicted: float) -> float:
+        return abs(predicted - measured) / measured if measured > 0 else float("inf")
+
+    @property
+    def mape(self) -> float:
+        """Mean absolute percentage error, in percent (nan when there is nothing to compare)."""
+        if not self.rows:
+            return float("nan")
+        return 100.0 * sum(self.error(m, p) for _, m, p in self.rows) / len(self.rows)
+
+
+def check_interpolation(grid: Lut, heldout: Lut, statuses: tuple[str, ...] = ("ok", "unstable")) -> InterpCheck:
+    """Compare every inverted-residual row of ``heldout`` (measured directly, off the grid) with the
+    interpolation ``grid`` gives for it. Rows with another status, or that the grid cannot answer, are
+    listed as skipped."""
+    g = GridLut(grid)
+    rows, skipped = [], []
+    for key in sorted(heldout.rows):
+        row = heldout.rows[key]
+        spec = OpSpec.parse(key)
+        if spec.block.kind != "ir":
+            skipped.append((key, "not an inverted residual"))
+        elif row.status not in statuses:
+            skipped.append((key, f"status {row.status}"))
+        else:
+            try:
+                rows.append((key, row.median_us, float(g.interpolate(spec.op, spec.stride, spec.h, spec.cin, spec.cout, spec.w))))
+            except OutsideGridError as e:
+                skipped.append((key, e.queries[0]))
+    return InterpCheck(rows, skipped)
