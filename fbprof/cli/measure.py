@@ -79,6 +79,8 @@ def measure(
         if not channels:
             raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
         cmd += ["--heldout", str(heldout)]
+        if not sp.heldout_specs(heldout):
+            raise InputError(f"--heldout: space {sp.name} has no off-grid ops (every width option is a grid point)")
     if profile:
         cmd += ["--profile", profile]
     if onnx_exporter != "dynamo":
