@@ -378,3 +378,17 @@ def test_measure_a_channel_space_end_to_end(tiny_space, tmp_path, cache_dir):
     assert not set(hl.rows) & set(lut.rows)
     res = run.invoke(app, ["lut", "interp-check", str(out), str(held)], catch_exceptions=False)
     assert res.exit_code == 0 and "MAPE" in res.output and "over 2 held-out ops" in " ".join(res.output.split())
+
+
+def test_grid_design_interpolates_macs_within_5_percent():
+    """The grid of the fbnetv2 space, noise-free: with latency := MACs, held-out off-grid ops are
+    interpolated within a few percent (what remains in a measured MAPE is measurement noise)."""
+    sp = load_space("fbnetv2", 160)
+
+    def lut_of(specs, grid):
+        rows = [_row(s.key, float(s.macs())) for s in specs]
+        return parse_lut_text(format_lut({**HEADER, "grid": grid}, rows), "proxy.csv")
+
+    check = check_interpolation(lut_of(sp.all_specs(), format_grid(sp.grid())), lut_of(sp.heldout_specs(60), "-"))
+    assert len(check.rows) == 60 and not check.skipped
+    assert 0 < check.mape < 5
