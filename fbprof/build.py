@@ -74,6 +74,72 @@ class InvertedResidual(nn.Module):
         return x + y if self.residual else y
 
 
+def _act(hswish: bool) -> nn.Module:
+    return nn.Hardswish() if hswish else nn.ReLU(inplace=False)
+
+
+def _conv_bn_act(cin: int, cout: int, k: int, stride: int, groups: int, hswish: bool) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), _act(hswish)]
+
+
+class SqueezeExcite(nn.Module):
+    """Global average pool -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> sigmoid or h-sigmoid gate -> scale."""
+
+    def __init__(self, channels: int, mid: int, hswish: bool, hsigmoid: bool) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.Conv2d(channels, mid, 1), _act(hswish), nn.Conv2d(mid, channels, 1),
+                                  nn.Hardsigmoid() if hsigmoid else nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(torch.mean(x, dim=(2, 3), keepdim=True))
+
+
+class FBNetV2Block(nn.Module):
+    """The FBNetV2 inverted residual (blocks with a fractional expansion, ``_se``/``_sehsig`` or ``_hs``):
+    [1x1 (group) conv + BN + act [+ shuffle]] -> KxK depthwise + BN + act -> [SE] -> 1x1 (group) conv + BN,
+    residual when the shape is kept. The expansion conv exists when the hidden width differs from cin."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        super().__init__()
+        b = spec.block
+        mid = spec.mid_channels
+        layers: list[nn.Module] = []
+        if mid != spec.cin:
+            layers += _conv_bn_act(spec.cin, mid, 1, 1, b.groups, b.hswish)
+        if b.groups > 1:
+            layers.append(ChannelShuffle(b.groups, mid, spec.h, spec.w))
+        layers += _conv_bn_act(mid, mid, b.kernel, spec.stride, mid, b.hswish)
+        if b.se:
+            layers.append(SqueezeExcite(mid, spec.se_channels, b.hswish, b.se == "sehsig"))
+        layers += _conv_bn(mid, spec.cout, 1, 1, groups=b.groups, relu=False)
+        self.body = nn.Sequential(*layers)
+        self.residual = spec.has_residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class IRPool(nn.Module):
+    """The FBNetV2 head ``ir_pool``: 1x1 conv + BN + act -> global average pool -> 1x1 conv (no BN, no bias)
+    + act, flattened."""
+
+    def __init__(self, spec: OpSpec) -> None:
+        super().__init__()
+        b, mid = spec.block, spec.mid_channels
+        self.expand = nn.Sequential(*_conv_bn_act(spec.cin, mid, 1, 1, 1, b.hswish)) if mid != spec.cin else nn.Identity()
+        self.project = nn.Sequential(nn.Conv2d(mid, spec.cout, 1, bias=False), _act(b.hswish))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.mean(self.expand(x), dim=(2, 3), keepdim=True)
+        return torch.flatten(self.project(y), 1)
+
+
+def _is_v2(spec: OpSpec) -> bool:
+    b = spec.block
+    return bool(b.se or b.hswish or not isinstance(b.expansion, int))
+
+
 class GlobalAvgPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(torch.mean(x, dim=(2, 3), keepdim=True), 1)
@@ -86,6 +152,8 @@ def _init(module: nn.Module, seed: int) -> None:
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
             with torch.no_grad():
                 m.weight.normal_(0.0, (2.0 / fan_out) ** 0.5, generator=gen)
+                if m.bias is not None:  # only FBNetV2's SE convs have one
+                    m.bias.zero_()
         elif isinstance(m, nn.Linear):
             with torch.no_grad():
                 m.weight.normal_(0.0, 0.01, generator=gen)
@@ -99,7 +167,11 @@ def build_op(spec: OpSpec, init: bool = True) -> nn.Module:
     """The torch module of one op (eval mode, BN not yet calibrated)."""
     b = spec.block
     if b.kind == "ir":
-        m: nn.Module = InvertedResidual(spec)
+        m: nn.Module = FBNetV2Block(spec) if _is_v2(spec) else InvertedResidual(spec)
+    elif b.kind == "irpool":
+        m = IRPool(spec)
+    elif b.kind == "stem" and b.hswish:
+        m = nn.Sequential(*_conv_bn_act(spec.cin, spec.cout, b.kernel, spec.stride, 1, True))
     elif b.kind == "skip":
         m = nn.Identity() if spec.is_identity else nn.Sequential(*_conv_bn(spec.cin, spec.cout, 1, spec.stride, relu=False))
     elif b.kind in ("stem", "head"):

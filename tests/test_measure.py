@@ -94,7 +94,7 @@ def test_lut_from_another_machine_is_not_mixed(tiny_lut, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--device", "pixel9"], "unknown device 'pixel9'; known devices: "),
     (["--backend", "tensorrt"], "unknown backend 'tensorrt'; known backends: onnxruntime, torch"),
-    (["--space", "nas"], "unknown space 'nas'; known spaces: fbnet, tiny"),
+    (["--space", "nas"], "unknown space 'nas'; known spaces: fbnet, fbnetv2, tiny"),
     (["--min-runs", "0"], "Invalid value"),
 ])
 def test_bad_names_are_errors_listing_valid_ones(tmp_path, args, message):

@@ -62,7 +62,7 @@ def test_invalid_yaml_names_line(tmp_path):
 
 
 def test_unknown_names_list_valid_ones():
-    with pytest.raises(InputError, match="known spaces: fbnet, tiny"):
+    with pytest.raises(InputError, match="known spaces: fbnet, fbnetv2, tiny"):
         load_space("nope")
     with pytest.raises(InputError, match="known archs: fbnet-a, fbnet-b, fbnet-c"):
         load_arch("fbnet-z")

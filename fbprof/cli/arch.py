@@ -65,7 +65,9 @@ def list_(json_out: bool = json_option(), quiet: bool = quiet_option(), verbose:
     console.print("architectures: " + ", ".join(arch_names()))
     for n in space_names():
         s = load_space(n)
-        console.print(f"space {n}: {len(s.layers)} searched layers, resolution {s.resolution}, {len(s.all_specs())} LUT ops")
+        res = (f"resolutions {', '.join(map(str, s.resolutions))}" if getattr(s, "kind", "") == "channels"
+               else f"resolution {s.resolution}")
+        console.print(f"space {n}: {len(s.layers)} searched layers, {res}, {len(s.all_specs())} LUT ops")
 
 
 def predict(

@@ -32,7 +32,7 @@ def validate(
         docs, first_error = [], None
         for f in files:
             try:
-                lut = read_lut(f)
+                lut = _checked(read_lut(f))
             except FileFormatError as e:
                 first_error = first_error or e
                 docs.append({"path": str(f), "valid": False, "rows": 0, "counts": {}, "problems": list(e.problems)})
@@ -43,10 +43,17 @@ def validate(
             raise typer.Exit(first_error.exit_code)
         return
     for f in files:
-        lut = read_lut(f)
-        lut.space_tags(), lut.threads(), lut.loop_config()  # the structured header fields parse strictly too
+        lut = _checked(read_lut(f))
+        grid = lut.grid()
         c = lut.counts()
-        console.print(f"{f}: valid, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
+        cells = f", grid of {len(grid)} cells" if grid else ""
+        console.print(f"{f}: valid{cells}, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
+
+
+def _checked(lut):
+    """The LUT, after its structured header fields parsed strictly too (spaces, threads, loop, grid)."""
+    lut.space_tags(), lut.threads(), lut.loop_config(), lut.grid()
+    return lut
 
 
 @lut_app.command("show")
@@ -163,6 +170,33 @@ def _row_json(r) -> dict:
     return {"key": r.key, "status": r.status, "n": s.n, "repeats": s.repeats, "median_us": s.median, "p10_us": s.p10,
             "p90_us": s.p90, "mean_us": s.mean, "std_us": s.std, "cv": s.cv, "min_us": s.min, "max_us": s.max,
             "env": r.env, "note": r.note}
+
+
+@lut_app.command("interp-check")
+def interp_check(
+    grid: Path = typer.Argument(..., help="grid LUT (built with `fbprof measure --space fbnetv2`)"),
+    heldout: Path = typer.Argument(..., help="held-out LUT (built with `fbprof measure --space fbnetv2 --heldout N`)"),
+) -> None:
+    """Interpolation error of a grid LUT on held-out off-grid ops measured directly (MAPE)."""
+    from fbprof.errors import InputError
+    from fbprof.lut.interp import check_interpolation
+    from fbprof.lut.table import read_lut
+
+    g, h = read_lut(grid), read_lut(heldout)
+    for name in ("device", "backend", "threads"):
+        if g.header.get(name) != h.header.get(name):
+            raise InputError(f"{grid} and {heldout} were measured differently ({name}: {g.header.get(name)!r} vs "
+                             f"{h.header.get(name)!r})")
+    check = check_interpolation(g, h)
+    t = Table("key", "measured µs", "interpolated µs", "error")
+    for key, m, p in check.rows:
+        t.add_row(key, f"{m:.1f}", f"{p:.1f}", f"{100 * (p - m) / m:+.1f}%" if m > 0 else "-")
+    console.print(t)
+    for key, why in check.skipped:
+        console.print(f"[dim]skipped {key}: {why}")
+    if not check.rows:
+        raise InputError(f"{heldout}: no held-out row the grid of {grid} can answer")
+    console.print(f"MAPE {check.mape:.2f}% over {len(check.rows)} held-out ops ({len(check.skipped)} skipped)")
 
 
 def register(app: typer.Typer) -> None:

@@ -35,6 +35,7 @@ def measure(
     runner: Optional[str] = typer.Option(None, "--runner", help="adb: benchmark_model (default for s8) or python"),
     token: Optional[str] = typer.Option(None, "--token", help="ios: pairing token shown by the companion app"),
     option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
+    heldout: int = typer.Option(0, "--heldout", min=0, help="channel spaces: measure N random off-grid ops instead of the grid (check them with `fbprof lut interp-check`)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     verbose: bool = verbose_option(),
     json_out: bool = json_option(),
@@ -72,9 +73,20 @@ def measure(
         safe = device.replace(":", "_").replace("/", "_")
         out = Path(f"{safe}-{be}.csv")
     # the canonical command that reproduces this LUT (recorded in its header)
-    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space, "--resolution", str(sp.resolution),
-           "--width", f"{sp.width:g}", "--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
+    channels = getattr(sp, "kind", "") == "channels"  # FBNetV2-style: several resolutions, a grid
+    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space]
+    if not channels or resolution is not None:
+        cmd += ["--resolution", str(sp.resolution)]
+    if not channels:
+        cmd += ["--width", f"{sp.width:g}"]
+    cmd += ["--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
            "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
+    if heldout:
+        if not channels:
+            raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
+        cmd += ["--heldout", str(heldout)]
+        if not sp.heldout_specs(heldout):
+            raise InputError(f"--heldout: space {sp.name} has no off-grid ops (every width option is a grid point)")
     if profile:
         cmd += ["--profile", profile]
     if onnx_exporter != "dynamo":
@@ -90,8 +102,8 @@ def measure(
     listener = ProgressListener(quiet=level < 0, verbose=level > 0)
     with dev:
         req = MeasureRequest(
-            specs=sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
-            spaces=[sp.tag], remeasure=remeasure,
+            specs=sp.heldout_specs(heldout) if heldout else sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
+            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels and not heldout else [], remeasure=remeasure,
             cache=ArtifactCache(cache_dir), export_workers=workers,
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )

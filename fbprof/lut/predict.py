@@ -49,8 +49,13 @@ class Prediction:
 def predict(arch: Arch, lut: Lut) -> Prediction:
     """Sum of the LUT medians over the architecture's layers (identity skips cost 0).
 
-    Raises LutCoverageError listing every missing key; rows that are not ok become warnings.
+    Raises LutCoverageError listing every missing key; rows that are not ok become warnings. A grid LUT
+    (header ``grid``, built for a channel space) interpolates instead: :func:`fbprof.lut.interp.predict_interpolated`.
     """
+    if "grid" in lut.header:
+        from fbprof.lut.interp import predict_interpolated  # noqa: PLC0415
+
+        return predict_interpolated(arch, lut)
     ops = arch.ops()
     lut.require([s for _, s in ops], f"architecture {arch.name} ({arch.space.name} at {arch.space.resolution}, width {arch.space.width:g})")
     layers = []

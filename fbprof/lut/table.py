@@ -27,7 +27,7 @@ from fbprof.errors import FileFormatError, InputError, LutCoverageError
 from fbprof.fileio import atomic_write_text, read_text_limited
 from fbprof.loop import STATUSES, LoopConfig, Stats
 from fbprof.spec import OpSpec
-from fbprof.space import Space, SpaceTag, parse_space_tags
+from fbprof.space import GridCell, Space, SpaceTag, parse_grid, parse_space_tags
 
 __all__ = ["SCHEMA_VERSION", "COLUMNS", "HEADER_ORDER", "IDENTITY_FIELDS", "LutRow", "Lut", "read_lut", "write_lut",
            "format_lut", "Journal", "clean_cell", "MAX_US", "LUT_FILE_LIMIT"]
@@ -125,6 +125,14 @@ class Lut:
                              f"({', '.join(map(str, tags)) or 'none'})",
                              hint="choose one with --space (and --resolution/--width)")
         return tags[0].load(Path(self.path).parent)
+
+    def grid(self) -> list[GridCell]:
+        """The (cin, cout) grid cells a channel-space LUT was measured on (``grid`` field; none when absent),
+        strictly parsed; see :mod:`fbprof.lut.interp`."""
+        try:
+            return parse_grid(self.header.get("grid", ""), f"{self.where('grid')}: header grid")
+        except InputError as e:
+            raise FileFormatError(self.path, [e.message]) from None
 
     def loop_config(self) -> LoopConfig:
         """The measuring loop's settings (``loop`` field; defaults where the field is absent)."""

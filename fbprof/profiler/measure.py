@@ -24,7 +24,7 @@ from fbprof.fileio import LockHeld, OutputLock, WriteError
 from fbprof.loop import INVALID, STATUSES, LoopConfig
 from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
 from fbprof.profiler.export import export_ops, stream_ops
-from fbprof.space import SpaceTag, format_space_tags
+from fbprof.space import GridCell, SpaceTag, format_grid, format_space_tags
 from fbprof.spec import OpSpec
 
 #: recorded in LUT headers: how the measured ops' activations were made realistic (see profiler/ops.py)
@@ -55,6 +55,7 @@ class MeasureRequest:
     threads: int = 1
     loop: LoopConfig = field(default_factory=LoopConfig)
     spaces: list[SpaceTag] = field(default_factory=list)  # the spaces the ops come from (header "spaces")
+    grid: list[GridCell] = field(default_factory=list)  # channel spaces: the interpolation grid (header "grid")
     remeasure: bool = False
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     export_workers: int = 1
@@ -89,6 +90,8 @@ def build_header(req: MeasureRequest) -> dict[str, str]:
         "torch": dist_version("torch"),
         "fbprof": __version__,
     }
+    if req.grid:
+        h["grid"] = format_grid(req.grid)
     if req.command:
         h["command"] = req.command
     # the device reports its fingerprint: data, one line each
@@ -162,6 +165,8 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
         _check_identity(existing.header, header, str(out))
         rows.update(existing.rows)
         header["spaces"] = format_space_tags([*existing.space_tags(), *req.spaces])
+        if req.grid or "grid" in existing.header:
+            header["grid"] = format_grid([*existing.grid(), *req.grid])
     journal = Journal(out)
     if journal.exists():
         jh, jrows, jnotes = journal.read()
