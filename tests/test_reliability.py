@@ -472,7 +472,7 @@ PARENT = textwrap.dedent("""
     from concurrent.futures import ProcessPoolExecutor
     from fbprof.backends.cache import _worker_init
     with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                             initargs=(os.getpid(),)) as pool:
+                             initargs=(None, (), None, os.getpid())) as pool:
         print(pool.submit(os.getpid).result(), flush=True)
         pool.submit(time.sleep, 3600).result()  # a job that does not end: the test kills this process meanwhile
 """)

@@ -94,8 +94,8 @@ def predict(
     not_ok: dict[str, dict] = {}
     for a, p in results:
         for c in p.layers:
-            if c.status not in ("ok", "identity"):
-                row = table.rows[c.key]
+            row = table.rows.get(c.key)  # an interpolated layer (grid LUT) has no row of its own
+            if c.status not in ("ok", "identity") and row is not None:
                 entry = not_ok.setdefault(c.key, {"key": c.key, "status": row.status, "note": row.note, "archs": []})
                 if a.name not in entry["archs"]:
                     entry["archs"].append(a.name)

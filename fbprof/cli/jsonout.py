@@ -48,7 +48,7 @@ _ROW = _obj({"key": S, "status": {"enum": ["ok", "unstable", "invalid"]}, "n": I
              "p10_us": NN, "p90_us": NN, "mean_us": N, "std_us": N, "cv": N, "min_us": N, "max_us": N, "env": S,
              "note": S})
 _LAYER = _obj({"layer": S, "key": S, "op": S, "latency_us": N, "share": N,
-               "status": {"enum": ["ok", "unstable", "invalid", "identity"]}, "macs": I})
+               "status": {"enum": ["ok", "unstable", "invalid", "identity", "interp"]}, "macs": I})
 
 SCHEMAS: dict[str, dict] = {
     "error": _doc("error", {"error": _obj({"type": S, "message": S, "hint": SN, "exit_code": I, "problems": _arr(S),
