@@ -135,6 +135,18 @@ def test_tiny_search_end_to_end_cli(tiny_lut, image_folder, tmp_path):
     assert epochs[-1]["probs"] != epochs[0]["probs"]  # theta moved
 
     summary = json.loads((out / "summary.json").read_text())
+
+    # --json: the same result as one document of the search schema (resumed from the finished run: no new epochs)
+    from fbprof.cli.jsonout import SCHEMAS, check
+
+    again = runner.invoke(app, ["search", "--lut", str(tiny_lut), "--data", str(image_folder), "--out", str(out),
+                                "--resolution", "16", "--epochs", "6", "--warmup-epochs", "1", "--batch-size", "16",
+                                "--samples", "3", "--min-epoch-steps", "1", "--resume", "--json"])
+    assert again.exit_code == 0, again.output
+    doc = json.loads(again.stdout)
+    assert doc["schema"] == "fbprof.search/1" and check(doc, SCHEMAS["search"]) == []
+    assert doc["archs"][0]["label"] == "best" and doc["files"]["summary"].endswith("summary.json")
+
     labels = [a["label"] for a in summary["architectures"]]
     assert labels[0] == "best" and len(labels) >= 2 and len(set(labels)) == len(labels)
     lut = read_lut(tiny_lut)

@@ -91,6 +91,13 @@ SCHEMAS: dict[str, dict] = {
         "not_ok": _arr(_obj({"key": S, "status": S, "cv": N, "note": S})), "retried": I,
         "wall_s": N, "export_s": N, "loop_s": N, "interrupted": B,
     }),
+    "search": _doc("search", {
+        "out": S, "lut": S, "lut_space": S,
+        "archs": _arr(_obj({"label": S, "name": S, "blocks": _arr(S), "path": S, "predicted_us": N, "macs": I,
+                            "params": I, "log_prob": N, "warnings": _arr(S)})),
+        "target_us": NN, "heldout_accuracy_supernet": NN, "heldout_ce_supernet": NN, "wall_s": N,
+        "files": {"type": "object", "additionalProperties": S},
+    }),
     "verify": _doc("verify", {"summary": {"type": "object"}, "files": {"type": "object", "additionalProperties": S},
                               "failed": {"type": "object", "additionalProperties": S}}),
 }

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fbprof.cli.common import console, err_console
+from fbprof.cli.common import console, err_console, json_option, quiet_option, verbose_option, verbosity
 from fbprof.search.dnas import SearchListener  # torch-free
 
 HELP = """Search an architecture with FBNet's DNAS, latencies read from a device LUT.
@@ -49,9 +49,13 @@ def search(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="cap steps per phase per epoch (quick trials)"),
     min_epoch_steps: int = typer.Option(250, "--min-epoch-steps", min=1, help="small datasets are cycled until an epoch has this many weight steps"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    quiet: bool = quiet_option(),
+    verbose: bool = verbose_option(),
+    json_out: bool = json_option(),
 ) -> None:
     from fbprof.search.dnas import SearchConfig, run_search
+
+    level = verbosity(quiet, verbose)
 
     _check_search_args(out, {"--lr": w_lr, "--theta-lr": theta_lr, "--tau0": tau0, "--target-ms": target_ms,
                              "--width": width}, {"--tau-decay": tau_decay, "--alpha": alpha, "--beta": beta,
@@ -63,11 +67,23 @@ def search(
         target_ms=target_ms, target_weight=target_weight, mode=mode, samples=samples, seed=seed, device=device,
         max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume,
     )
-    listener = SearchProgress(quiet)
+    listener = SearchProgress(level < 0 or json_out)
     try:
         result = run_search(cfg, listener)
     finally:
         listener.stop()
+    if json_out:
+        from fbprof.cli.jsonout import emit
+
+        emit("search", out=str(result.out), lut=str(lut), lut_space=result.lut_space,
+             archs=[{"label": a.label, "name": a.name, "blocks": list(a.blocks), "path": a.path,
+                     "predicted_us": a.predicted_us, "macs": a.macs, "params": a.params, "log_prob": a.log_prob,
+                     "warnings": list(a.warnings)} for a in result.archs],
+             target_us=result.target_us, heldout_accuracy_supernet=result.heldout_accuracy,
+             heldout_ce_supernet=result.heldout_ce, wall_s=result.wall_s,
+             files={"summary": str(result.out / "summary.json"), "history": str(result.out / "theta_history.json"),
+                    "plot": str(result.out / "theta.png")})
+        return
     print_result(result)
 
 
