@@ -52,7 +52,18 @@ def _conv_bn(cin: int, cout: int, k: int, stride: int, groups: int = 1, relu: bo
     return layers
 
 
-class InvertedResidual(nn.Module):
+class _ResidualBody(nn.Module):
+    """``body(x)``, plus ``x`` when the block keeps its shape (``residual``)."""
+
+    body: nn.Sequential
+    residual: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class InvertedResidual(_ResidualBody):
     """1x1 (group) conv expand + BN + ReLU [+ shuffle] -> KxK depthwise + BN + ReLU -> 1x1 (group) conv + BN."""
 
     def __init__(self, spec: OpSpec) -> None:
@@ -68,10 +79,6 @@ class InvertedResidual(nn.Module):
         layers += _conv_bn(mid, spec.cout, 1, 1, groups=b.groups, relu=False)
         self.body = nn.Sequential(*layers)
         self.residual = spec.has_residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
 
 
 def _act(hswish: bool) -> nn.Module:
@@ -94,7 +101,7 @@ class SqueezeExcite(nn.Module):
         return x * self.gate(torch.mean(x, dim=(2, 3), keepdim=True))
 
 
-class FBNetV2Block(nn.Module):
+class FBNetV2Block(_ResidualBody):
     """The FBNetV2 inverted residual (blocks with a fractional expansion, ``_se``/``_sehsig`` or ``_hs``):
     [1x1 (group) conv + BN + act [+ shuffle]] -> KxK depthwise + BN + act -> [SE] -> 1x1 (group) conv + BN,
     residual when the shape is kept. The expansion conv exists when the hidden width differs from cin."""
@@ -114,10 +121,6 @@ class FBNetV2Block(nn.Module):
         layers += _conv_bn(mid, spec.cout, 1, 1, groups=b.groups, relu=False)
         self.body = nn.Sequential(*layers)
         self.residual = spec.has_residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
 
 
 class IRPool(nn.Module):

@@ -298,8 +298,18 @@ class Space:
         return Arch(name=name, space=self, blocks=tuple(blocks), head_channels=hc)
 
 
+class _OpTotals:
+    """MACs and params of an architecture: sums over its ``ops()``."""
+
+    def macs(self) -> int:
+        return sum(s.macs() for _, s in self.ops())
+
+    def params(self) -> int:
+        return sum(s.params() for _, s in self.ops())
+
+
 @dataclass(frozen=True)
-class Arch:
+class Arch(_OpTotals):
     """One architecture: a block per searched layer of a resolved space."""
 
     name: str
@@ -313,12 +323,6 @@ class Arch:
         out += [(layer.name, layer.spec(b)) for layer, b in zip(self.space.layers, self.blocks)]
         out += self.space.tail_specs(self.head_channels)
         return out
-
-    def macs(self) -> int:
-        return sum(s.macs() for _, s in self.ops())
-
-    def params(self) -> int:
-        return sum(s.params() for _, s in self.ops())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -771,7 +775,7 @@ class ChannelSpace:
 
 
 @dataclass(frozen=True)
-class ChannelArch:
+class ChannelArch(_OpTotals):
     """One architecture of a channel space: a block and an output width per searched layer."""
 
     name: str
@@ -796,12 +800,6 @@ class ChannelArch:
         out.append(("head", OpSpec(s.head_block, cin, h, w, self.head_channels, 1)))
         out.append(("fc", OpSpec("fc", self.head_channels, 1, 1, s.num_classes, 1)))
         return out
-
-    def macs(self) -> int:
-        return sum(s.macs() for _, s in self.ops())
-
-    def params(self) -> int:
-        return sum(s.params() for _, s in self.ops())
 
     def to_dict(self) -> dict[str, Any]:
         return {
