@@ -375,8 +375,10 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         "lut_range_us": [lo_us, hi_us], "data_notes": list(data.notes), "shared_init_candidates": net.shared_init,
     }
     lis.on_start(info)
-    for w in warnings:
-        lis.on_note(f"warning: {w}")
+    if warnings:  # one line, not a scroll: every row is listed in summary.json's "warnings"
+        shown = "; ".join(warnings[:2]) + (f"; ... ({len(warnings) - 2} more)" if len(warnings) > 2 else "")
+        lis.on_note(f"warning: {len(warnings)} LUT row(s) of this space are not ok ({shown}); "
+                    f"all are listed in summary.json under \"warnings\"")
 
     def phase_batches(idx, epoch: int, salt: int, passes: int) -> list:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + salt)
