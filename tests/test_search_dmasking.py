@@ -182,6 +182,7 @@ def test_plan_leaves_out_what_the_lut_cannot_answer(tmp_path):
 
 def test_search_end_to_end_writes_archs_that_predict_reads(grid, tmp_path):
     from fbprof.cli import app
+    from fbprof.cli.jsonout import SCHEMAS, check
     from fbprof.lut.predict import predict
 
     sp_path, lut_path = grid
@@ -193,6 +194,7 @@ def test_search_end_to_end_writes_archs_that_predict_reads(grid, tmp_path):
                               "--samples", "2", "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
+    assert check(doc, SCHEMAS["search"]) == []
     best = doc["archs"][0]
     assert best["label"] == "best" and len(best["channels"]) == 3 and best["resolution"] in (32, 16)
     arch = load_arch(out / "arch-best.yaml")
