@@ -263,7 +263,9 @@ def _markdown(doc, rows, ratios, opts) -> str:
         lines.append(f"| {kind} | {r['peak_rss_mb']} | {r['step_rss_mb']} | {r['saved_activations_mb']} | {r['step_ms']} |")
     lines += ["", "peak RSS: `ru_maxrss` of the configuration's own process (includes the Python + torch import, about "
               "the same for all); step RSS: peak minus the resident memory just before the first step; saved "
-              "activations: bytes autograd keeps for backward in one step (unique storages, deterministic).", ""]
+              "activations: bytes autograd keeps for backward in one step (unique storages, deterministic). Step "
+              "times on a shared machine vary from round to round (every run is in the JSON, `rows[].runs`): read "
+              "a masked ratio below 1 as 'no growth', not as a speed-up.", ""]
     return "\n".join(lines)
 
 

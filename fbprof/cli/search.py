@@ -17,6 +17,8 @@ Defaults: the digits shipped with scikit-learn at a 32 px proxy resolution, abou
 schedule and the expected wall time. Writes arch-best.yaml
 and arch-sample-K.yaml (read by `fbprof arch info`, `fbprof predict`, `fbprof export`, `fbprof verify`),
 theta_history.json, theta.png, summary.json and a checkpoint per epoch (--resume continues).
+A grid LUT (`fbprof measure --space fbnetv2`) runs FBNetV2's DMaskingNAS instead: widths, blocks and input
+resolution, e.g. `fbprof search --space fbnetv2 --lut luts/local-cpu-litert-fbnetv2.csv` (docs/search.md).
 Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md)."""
 
 
