@@ -362,7 +362,13 @@ def _channel_space(cfg: SearchConfig, lut: Lut) -> ChannelSpace:
         name = tags[0].name
     if str(name).endswith((".yaml", ".yml", ".json")) or "/" in str(name):
         name = str(Path(name).resolve())  # architecture files then name the space file unambiguously
-    sp = load_space(name, cfg.lut_resolution, cfg.width)
+    try:
+        sp = load_space(name, cfg.lut_resolution, cfg.width)
+    except InputError as e:
+        if cfg.space is not None:
+            raise
+        raise InputError(f"{lut.path}: the header's space {name!r}: {e.message}",
+                         hint="give --space: the channel space (name or file) to search, e.g. --space fbnetv2") from None
     if not isinstance(sp, ChannelSpace):
         raise InputError(f"{lut.path} is a grid LUT (for a channel space such as fbnetv2) but space {sp.name} is not "
                          "a channel space", hint="give --space with the channel space the LUT was measured for")
