@@ -93,7 +93,8 @@ SCHEMAS: dict[str, dict] = {
     }),
     "search": _doc("search", {
         "out": S, "lut": S, "lut_space": S,
-        "archs": _arr(_obj({"label": S, "name": S, "blocks": _arr(S), "path": S, "predicted_us": N, "macs": I,
+        "archs": _arr(_obj({"label": S, "name": S, "blocks": _arr(S), "channels": _t("array", "null"),
+                            "resolution": _t("integer", "null"), "path": S, "predicted_us": N, "macs": I,
                             "params": I, "log_prob": N, "warnings": _arr(S)})),
         "target_us": NN, "heldout_accuracy_supernet": NN, "heldout_ce_supernet": NN, "wall_s": N,
         "files": {"type": "object", "additionalProperties": S},

@@ -17,6 +17,8 @@ Defaults: the digits shipped with scikit-learn at a 32 px proxy resolution, abou
 schedule and the expected wall time. Writes arch-best.yaml
 and arch-sample-K.yaml (read by `fbprof arch info`, `fbprof predict`, `fbprof export`, `fbprof verify`),
 theta_history.json, theta.png, summary.json and a checkpoint per epoch (--resume continues).
+A grid LUT (`fbprof measure --space fbnetv2`) runs FBNetV2's DMaskingNAS instead: widths, blocks and input
+resolution, e.g. `fbprof search --space fbnetv2 --lut luts/local-cpu-litert-fbnetv2.csv` (docs/search.md).
 Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md)."""
 
 
@@ -76,7 +78,8 @@ def search(
         from fbprof.cli.jsonout import emit
 
         emit("search", out=str(result.out), lut=str(lut), lut_space=result.lut_space,
-             archs=[{"label": a.label, "name": a.name, "blocks": list(a.blocks), "path": a.path,
+             archs=[{"label": a.label, "name": a.name, "blocks": list(a.blocks), "channels": a.channels,
+                     "resolution": a.resolution, "path": a.path,
                      "predicted_us": a.predicted_us, "macs": a.macs, "params": a.params, "log_prob": a.log_prob,
                      "warnings": list(a.warnings)} for a in result.archs],
              target_us=result.target_us, heldout_accuracy_supernet=result.heldout_accuracy,
@@ -187,15 +190,19 @@ def print_result(result) -> None:
     console.print(t)
     console.print(f"architecture files in {result.out}/")
     best = result.best
-    console.print("most likely: " + " ".join(best.blocks))
+    if best.channels is not None:  # a channel space (FBNetV2): block/width per layer, and the resolution
+        console.print(f"most likely: {best.resolution} px; " + " ".join(f"{b}/{c}" for b, c in zip(best.blocks, best.channels)))
+    else:
+        console.print("most likely: " + " ".join(best.blocks))
     if result.target_us is not None:
         off = (best.predicted_us / result.target_us - 1) * 100
         console.print(f"target {result.target_us / 1000:.3f} ms: most likely is {off:+.1f}% off")
     if result.heldout_accuracy is not None:
         console.print(f"held-out accuracy of the most likely path with supernet weights (BN recalibrated): "
                       f"{result.heldout_accuracy:.3f} (indicative; train it from scratch for a real number)")
-    console.print(f"search wall time {result.wall_s:.1f} s; history {result.out / 'theta_history.json'}, "
-                  f"plot {result.out / 'theta.png'}")
+    plot = result.out / "theta.png"
+    console.print(f"search wall time {result.wall_s:.1f} s; history {result.out / 'theta_history.json'}"
+                  + (f", plot {plot}" if plot.exists() else ""))
     for w in best.warnings:
         err_console.print(f"[yellow]warning ({best.name}): {w}")
 

@@ -38,7 +38,7 @@ from fbprof.space import Space, load_space
 
 __all__ = [
     "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
-    "CHECKPOINT", "CHECKPOINT_META",
+    "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -152,6 +152,8 @@ class ArchResult:
     params: int
     log_prob: float
     warnings: list[str] = field(default_factory=list)
+    channels: list[int] | None = None  # channel spaces (FBNetV2): the output width per searched layer
+    resolution: int | None = None  # channel spaces: the searched input resolution
 
 
 @dataclass
@@ -289,10 +291,10 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
 
     from fbprof.lut.predict import predict, require_space
     from fbprof.search.data import load_data, stratified_split
-    from fbprof.search.loss import fbnet_loss, relaxed_latency, target_loss
+    from fbprof.search.loss import relaxed_latency
     from fbprof.search.supernet import (MEMORY_FORMAT, Supernet, expected_latency, latency_table, log_prob,
                                         proxy_space, sample_gumbel, to_device)
-    from fbprof.search.train import batches, lr_at
+    from fbprof.search.train import lr_at
 
     cfg.validate()
     dist = _Dist(cfg)
@@ -301,6 +303,10 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
 
     # ---- LUT and space: every problem before any training -------------------------------------
     lut = read_lut(cfg.lut)
+    if "grid" in lut.header:  # a grid LUT is built for a channel space (FBNetV2): the DMaskingNAS search
+        from fbprof.search.dmasking import run_dmasking
+
+        return run_dmasking(cfg, listener, lut)
     lut_space = resolve_lut_space(lut, cfg.space, cfg.lut_resolution, cfg.width)
     require_space(lut, lut_space)
     head = cfg.head_channels if cfg.head_channels is not None else lut_space.head_channels[0]
@@ -310,19 +316,8 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     lat, mask, fixed_us, _keys = latency_table(lut_space, lut, head)
     target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
 
-    meta_prev: dict | None = None
-    state_prev: dict | None = None
     ckpt = out / CHECKPOINT
-    if ckpt.exists() and not cfg.resume:
-        raise InputError(f"{out} already holds a search checkpoint ({ckpt})",
-                         hint="add --resume to continue it, or choose another --out (or delete the folder)")
-    if cfg.resume and ckpt.exists():
-        state_prev, meta_prev = _load_checkpoint(ckpt)
-        old = meta_prev.get("config", {})
-        diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.identity().items() if old.get(k) != v]
-        if diffs:
-            raise InputError(f"{ckpt} was made by a different search; cannot resume with these settings:\n  "
-                             + "\n  ".join(diffs), hint="use the same options (only --epochs may grow) or another --out")
+    state_prev, meta_prev = open_checkpoint(cfg)
 
     device = _device(cfg, dist.local_rank)
     data = load_data(cfg.data, cfg.resolution, lut_space.in_channels, cfg.test_fraction,
@@ -334,12 +329,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         raise InputError(f"{data.describe()}: too few images to split 80/20 into weight and architecture sets")
 
     # ---- schedule: epochs of at least MIN_EPOCH_W_STEPS weight steps; by default AUTO_W_STEPS in all ----
-    per_pass = max(1, len(dist.shard(w_idx)) // cfg.batch_size)
-    reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
-    w_steps = per_pass * reps
-    t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
-    epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.auto_w_steps / w_steps))
-    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
+    reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx)
     lo_us = fixed_us + float(lat.masked_fill(~mask, float("inf")).min(dim=1).values.sum())
     hi_us = fixed_us + float(lat.masked_fill(~mask, float("-inf")).max(dim=1).values.sum())
 
@@ -381,13 +371,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                     f"all are listed in summary.json under \"warnings\"")
 
     def phase_batches(idx, epoch: int, salt: int, passes: int) -> list:
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + salt)
-        bs = []
-        for _ in range(passes):
-            sel = idx[torch.randperm(len(idx), generator=g)]
-            sel = dist.shard(sel)
-            bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g)]
-        return bs[: cfg.max_steps] if cfg.max_steps else bs
+        return epoch_batches(cfg, dist, idx, epoch, salt, passes)
 
     w_params = list(net.parameters())
     for epoch in range(start, epochs):
@@ -431,12 +415,11 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                 logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
                 ce = ce_fn(logits, y)
                 lat_us = relaxed_latency(m, lat_d, fixed_us)
+                peak_us = None
                 if target_us is not None:
                     peak = torch.softmax((theta / PEAK_TAU).masked_fill(~mask_d, float("-inf")), dim=-1)
-                    loss = target_loss(ce, lat_us, target_us, cfg.target_weight) \
-                        + cfg.target_weight * torch.log(relaxed_latency(peak, lat_d, fixed_us) / target_us) ** 2
-                else:
-                    loss = fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
+                    peak_us = relaxed_latency(peak, lat_d, fixed_us)
+                loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta])
@@ -530,12 +513,21 @@ def evaluate_path(net, index: list[int], x_cal, x_eval, y_eval, device, batch_si
     """(CE, accuracy) of one path of the supernet on ``x_eval``, after re-estimating the BatchNorm statistics of
     that path (and only that path) on ``x_cal``: the running statistics a supernet keeps are shared by every
     sampled path, so they do not describe any one of them. Leaves the supernet in training mode."""
+    path_modules = [net.stem, net.head, net.fc] + [ops[i] for ops, i in zip(net.choices, index)]
+    return recalibrated_eval(net, path_modules, lambda x: net(x, index=index), x_cal, x_eval, y_eval, device,
+                             batch_size)
+
+
+def recalibrated_eval(net, path_modules, forward, x_cal, x_eval, y_eval, device,
+                      batch_size: int = 32) -> tuple[float, float]:
+    """(CE, accuracy) of ``forward`` (one path of a supernet ``net``) on ``x_eval`` after re-estimating the
+    BatchNorm statistics of ``path_modules`` on ``x_cal`` (cumulative average). Used by the FBNet DNAS
+    (:func:`evaluate_path`) and the DMaskingNAS search (:mod:`fbprof.search.dmasking`)."""
     import torch
     from torch import nn
 
     from fbprof.search.supernet import to_device
 
-    path_modules = [net.stem, net.head, net.fc] + [ops[i] for ops, i in zip(net.choices, index)]
     bns = [m for mod in path_modules for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [m.momentum for m in bns]
     with torch.no_grad():
@@ -546,19 +538,81 @@ def evaluate_path(net, index: list[int], x_cal, x_eval, y_eval, device, batch_si
         bs = max(2, batch_size)
         for i in range(0, len(x_cal), bs):
             if len(x_cal) - i >= 2:
-                net(to_device(x_cal[i:i + bs], device), index=index)
+                forward(to_device(x_cal[i:i + bs], device))
         for m, mom in zip(bns, saved):
             m.momentum = mom
         net.eval()
         ce_sum, correct = 0.0, 0
         for i in range(0, len(y_eval), 256):
-            out = net(to_device(x_eval[i:i + 256], device), index=index).float().cpu()
+            out = forward(to_device(x_eval[i:i + 256], device)).float().cpu()
             y = y_eval[i:i + 256]
             ce_sum += float(nn.functional.cross_entropy(out, y, reduction="sum"))
             correct += int((out.argmax(dim=1) == y).sum())
     net.train()
     n = max(1, len(y_eval))
     return ce_sum / n, correct / n
+
+
+# --------------------------------------------------------------------------------------------------
+# pieces shared with the DMaskingNAS search (fbprof/search/dmasking.py)
+def open_checkpoint(cfg: SearchConfig) -> tuple[dict | None, dict | None]:
+    """(state, meta) of ``cfg.out``'s checkpoint when resuming (None, None for a new run); refuses to overwrite
+    one, and to resume a run made with other settings."""
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not cfg.resume:
+        raise InputError(f"{out} already holds a search checkpoint ({ckpt})",
+                         hint="add --resume to continue it, or choose another --out (or delete the folder)")
+    if not (cfg.resume and ckpt.exists()):
+        return None, None
+    state_prev, meta_prev = _load_checkpoint(ckpt)
+    old = meta_prev.get("config", {})
+    diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.identity().items() if old.get(k) != v]
+    if diffs:
+        raise InputError(f"{ckpt} was made by a different search; cannot resume with these settings:\n  "
+                         + "\n  ".join(diffs), hint="use the same options (only --epochs may grow) or another --out")
+    return state_prev, meta_prev
+
+
+def schedule(cfg: SearchConfig, dist, w_idx, t_idx) -> tuple[int, int, int, int, int]:
+    """(passes over the weight split per epoch, weight steps per epoch, passes over the architecture split per
+    epoch, epochs, warm-up epochs): epochs of at least ``min_epoch_steps`` weight steps, theta about 1/4 of
+    them; by default about ``auto_w_steps`` weight steps in all."""
+    per_pass = max(1, len(dist.shard(w_idx)) // cfg.batch_size)
+    reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
+    w_steps = per_pass * reps
+    t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
+    epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.auto_w_steps / w_steps))
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
+    return reps, w_steps, t_reps, epochs, warmup
+
+
+def epoch_batches(cfg: SearchConfig, dist, idx, epoch: int, salt: int, passes: int) -> list:
+    """The index batches of one phase of one epoch (``passes`` shuffles of ``idx``, capped at ``max_steps``)."""
+    import torch
+
+    from fbprof.search.train import batches
+
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 101 + salt)
+    bs = []
+    for _ in range(passes):
+        sel = idx[torch.randperm(len(idx), generator=g)]
+        sel = dist.shard(sel)
+        bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g)]
+    return bs[: cfg.max_steps] if cfg.max_steps else bs
+
+
+def arch_loss(cfg: SearchConfig, ce, lat_us, peak_us, target_us: float | None):
+    """The architecture step's loss: FBNet's ``CE * alpha * log(LAT)^beta``, or with a target
+    ``CE + lambda * (log(LAT/T)^2 + log(LAT_peak/T)^2)`` (``peak_us``: the latency at softmax(theta / PEAK_TAU))."""
+    import torch
+
+    from fbprof.search.loss import fbnet_loss, target_loss
+
+    if target_us is not None:
+        return target_loss(ce, lat_us, target_us, cfg.target_weight) \
+            + cfg.target_weight * torch.log(peak_us / target_us) ** 2
+    return fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
 
 
 def theta_entropy(theta, mask) -> float:
