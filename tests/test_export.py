@@ -266,6 +266,64 @@ def test_reusing_the_torchlib_registry_gives_the_same_file(tmp_path):
     assert ort_backend._REGISTRIES  # the reuse happened
 
 
+@pytest.mark.parametrize("backend", ["litert", "executorch"])
+def test_reusing_torch_export_setup_gives_the_same_file(backend, tmp_path, monkeypatch):
+    import contextlib
+    import importlib
+
+    from fbprof.backends import base
+    from fbprof.build import build_calibrated_op, example_input
+
+    mod = importlib.import_module(f"fbprof.backends.{backend}")
+    suffix = mod.SPEC["suffix"]
+    spec = OpSpec.parse("k5_e1_g2:16x8x8:16:s1")
+    module, x = build_calibrated_op(spec), example_input(spec)
+    with monkeypatch.context() as m:  # torch as is: every fixed cost paid again
+        m.setattr(base, "reuse_export_setup", contextlib.nullcontext)
+        mod.export(module, x, tmp_path / f"plain{suffix}", {})
+    mod.export(module, x, tmp_path / f"first{suffix}", {})
+    mod.export(module, x, tmp_path / f"reused{suffix}", {})  # the CIA op set of the first export
+    plain = (tmp_path / f"plain{suffix}").read_bytes()
+    assert (tmp_path / f"first{suffix}").read_bytes() == plain
+    assert (tmp_path / f"reused{suffix}").read_bytes() == plain
+    assert base._CIA_OPS  # the reuse happened
+
+
+def test_reused_export_setup_follows_new_ops_and_is_undone_after_the_block():
+    import collections.abc
+
+    import torch
+    from torch import _ops
+    from torch._export import utils
+    from torch.export import decomp_utils, exported_program
+
+    from fbprof.backends.base import _MemoCallable, reuse_export_setup
+
+    orig = utils._collect_all_valid_cia_ops
+    with reuse_export_setup():
+        assert exported_program._collect_all_valid_cia_ops is not orig
+        before = exported_program._collect_all_valid_cia_ops()
+        assert before == orig()
+        lib = torch.library.Library("fbprof_cia_test", "DEF")  # a new CIA op: the set is collected again
+        try:
+            lib.define("twice(Tensor x) -> Tensor")
+            lib.impl("twice", lambda t: t + t, "CompositeImplicitAutograd")
+            after = decomp_utils._collect_all_valid_cia_ops()
+            assert torch.ops.fbprof_cia_test.twice.default in after - before
+            assert after == orig()
+        finally:
+            lib._destroy()
+        # the memoised Callable: same aliases, isinstance as collections.abc.Callable
+        assert _ops.Callable is _MemoCallable
+        p, t = _ops._P, _ops._T
+        assert _MemoCallable[p, t] is _MemoCallable[p, t] and _MemoCallable[p, t] == collections.abc.Callable[p, t]
+        assert _MemoCallable[[int], str] == collections.abc.Callable[[int], str]
+        assert isinstance(len, _MemoCallable) and not isinstance(3, _MemoCallable)
+        assert issubclass(type(len), _MemoCallable) and not issubclass(int, _MemoCallable)
+    assert exported_program._collect_all_valid_cia_ops is orig and decomp_utils._collect_all_valid_cia_ops is orig
+    assert _ops.Callable is collections.abc.Callable
+
+
 def test_a_failing_batch_conversion_falls_back_to_one_export_per_op(tmp_path, monkeypatch):
     from fbprof.artifact import Artifact
     from fbprof.backends import onnxruntime as ort_backend

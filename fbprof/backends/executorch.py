@@ -33,9 +33,9 @@ def export(module, example, path, options: dict) -> str:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from fbprof.backends.base import silent
+    from fbprof.backends.base import reuse_export_setup, silent
 
-    with silent(), torch.no_grad():
+    with silent(), torch.no_grad(), reuse_export_setup():
         program = torch.export.export(module, (example,))
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         buffer = edge.to_executorch().buffer
