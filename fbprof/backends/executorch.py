@@ -147,8 +147,9 @@ def _per_op_partitioner(inputs: list[str]):
 
 class _per_op_debug_handles:
     """Within the block, ExecuTorch's ``DebugHandleGeneratorPass`` numbers each op's nodes from 1 (a single
-    export's numbering) instead of counting on across the batch. Debug handles only map profiler events
-    back to nodes; they are written into the delegate and the program."""
+    export's numbering) instead of counting on across the batch; other graphs it runs on are numbered as
+    before. Debug handles only map profiler events back to nodes; they are written into the delegate and
+    the program."""
 
     def __init__(self, inputs: list[str]) -> None:
         self.inputs = inputs
@@ -162,7 +163,12 @@ class _per_op_debug_handles:
         cls = dhg.DebugHandleGeneratorPass
         inputs = self.inputs
 
+        orig = cls.__dict__["call"]
+
         def call(self_, gm):
+            names = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+            if not names.issuperset(inputs):  # another graph (a partition's, say): numbered as torch does
+                return orig(self_, gm)
             own = _owners(gm.graph, inputs)
             tables: dict = {}
 
@@ -179,7 +185,7 @@ class _per_op_debug_handles:
             graph_module.bfs_trace_with_node_process(gm, number)
             return PassResult(gm, True)
 
-        self.cls, self.orig = cls, cls.__dict__["call"]
+        self.cls, self.orig = cls, orig
         cls.call = call
         return self
 
