@@ -266,6 +266,101 @@ def test_reusing_the_torchlib_registry_gives_the_same_file(tmp_path):
     assert ort_backend._REGISTRIES  # the reuse happened
 
 
+@pytest.mark.parametrize("backend", ["litert", "executorch"])
+def test_reusing_torch_export_setup_gives_the_same_file(backend, tmp_path, monkeypatch):
+    import contextlib
+    import importlib
+
+    from fbprof.backends import base
+    from fbprof.build import build_calibrated_op, example_input
+
+    mod = importlib.import_module(f"fbprof.backends.{backend}")
+    suffix = mod.SPEC["suffix"]
+    spec = OpSpec.parse("k5_e1_g2:16x8x8:16:s1")
+    module, x = build_calibrated_op(spec), example_input(spec)
+    with monkeypatch.context() as m:  # torch as is: every fixed cost paid again
+        m.setattr(base, "reuse_export_setup", contextlib.nullcontext)
+        mod.export(module, x, tmp_path / f"plain{suffix}", {})
+    mod.export(module, x, tmp_path / f"first{suffix}", {})
+    mod.export(module, x, tmp_path / f"reused{suffix}", {})  # the CIA op set of the first export
+    plain = (tmp_path / f"plain{suffix}").read_bytes()
+    assert (tmp_path / f"first{suffix}").read_bytes() == plain
+    assert (tmp_path / f"reused{suffix}").read_bytes() == plain
+    assert base._CIA_OPS  # the reuse happened
+
+
+def test_reused_export_setup_follows_new_ops_and_is_undone_after_the_block():
+    import collections.abc
+
+    import torch
+    from torch import _ops
+    from torch._export import utils
+    from torch.export import decomp_utils, exported_program
+
+    from fbprof.backends.base import _MemoCallable, reuse_export_setup
+
+    orig = utils._collect_all_valid_cia_ops
+    with reuse_export_setup():
+        assert exported_program._collect_all_valid_cia_ops is not orig
+        before = exported_program._collect_all_valid_cia_ops()
+        assert before == orig()
+        lib = torch.library.Library("fbprof_cia_test", "DEF")  # a new CIA op: the set is collected again
+        try:
+            lib.define("twice(Tensor x) -> Tensor")
+            lib.impl("twice", lambda t: t + t, "CompositeImplicitAutograd")
+            after = decomp_utils._collect_all_valid_cia_ops()
+            assert torch.ops.fbprof_cia_test.twice.default in after - before
+            assert after == orig()
+        finally:
+            lib._destroy()
+        # the memoised Callable: same aliases, isinstance as collections.abc.Callable
+        assert _ops.Callable is _MemoCallable
+        p, t = _ops._P, _ops._T
+        assert _MemoCallable[p, t] is _MemoCallable[p, t] and _MemoCallable[p, t] == collections.abc.Callable[p, t]
+        assert _MemoCallable[[int], str] == collections.abc.Callable[[int], str]
+        assert isinstance(len, _MemoCallable) and not isinstance(3, _MemoCallable)
+        assert issubclass(type(len), _MemoCallable) and not issubclass(int, _MemoCallable)
+    assert exported_program._collect_all_valid_cia_ops is orig and decomp_utils._collect_all_valid_cia_ops is orig
+    assert _ops.Callable is collections.abc.Callable
+
+
+def test_an_executorch_batch_writes_the_programs_of_single_exports(tmp_path):
+    """One lowering for several ops, one .pte per op: byte for byte what a single export writes, and it
+    runs like torch in ExecuTorch."""
+    from fbprof.backends import executorch as et_backend
+    from fbprof.build import build_calibrated_op, example_input
+
+    specs = [OpSpec.parse(k) for k in (*BATCH_KEYS, "k5_e3:8x16x16:16:s2")]
+    paths = [tmp_path / f"batch{i}.pte" for i in range(len(specs))]
+    layouts = et_backend.export_batch([build_calibrated_op(s) for s in specs], [example_input(s) for s in specs],
+                                      paths, {})
+    assert layouts == ["nchw"] * len(specs)
+    for spec, path in zip(specs, paths):
+        single = tmp_path / f"{spec.op}.pte"
+        et_backend.export(build_calibrated_op(spec), example_input(spec), single, {})
+        assert path.read_bytes() == single.read_bytes(), spec.key
+        sess = et_backend.open_session(str(path), example_input(spec).numpy(), 1)
+        try:
+            np.testing.assert_allclose(sess.run(), _torch_output(spec), rtol=1e-4, atol=1e-4)
+        finally:
+            sess.close()
+
+
+def test_a_failing_executorch_batch_falls_back_to_one_export_per_op(tmp_path, monkeypatch):
+    from fbprof.artifact import Artifact
+    from fbprof.backends import executorch as et_backend
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.profiler.export import export_ops
+
+    def cut(edge, i, name):  # as if the lowered batch kept an op outside its delegate
+        raise ValueError("lowered batch keeps call_function aten.add outside a delegate")
+
+    monkeypatch.setattr(et_backend, "_op_program", cut)
+    specs = [OpSpec.parse(k) for k in BATCH_KEYS[:2]]
+    out = export_ops(specs, "pte", ArtifactCache(tmp_path), batch=2)
+    assert all(isinstance(out[s.key], Artifact) for s in specs), out
+
+
 def test_a_failing_batch_conversion_falls_back_to_one_export_per_op(tmp_path, monkeypatch):
     from fbprof.artifact import Artifact
     from fbprof.backends import onnxruntime as ort_backend

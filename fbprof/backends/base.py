@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 from fbprof.errors import MeasurementError, MissingExtraError
 
-__all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env"]
+__all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env", "reuse_export_setup"]
 
 
 class Session(Protocol):
@@ -161,3 +161,95 @@ def temporary_env(**values: str) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+#: preservable CIA op sets collected by torch.export, keyed by the dispatcher state they were collected in
+_CIA_OPS: dict = {}
+
+
+class reuse_export_setup:
+    """Within the block, two per-call fixed costs of ``ExportedProgram.run_decompositions`` (three per
+    ExecuTorch lowering, four per LiteRT conversion) are paid once per process instead of on every call:
+
+    - the set of preservable CompositeImplicitAutograd ops (``torch._export.utils._collect_all_valid_cia_ops``
+      walks every op namespace): reused while the dispatcher's CIA registrations and the op namespaces are
+      unchanged (checked on every call), handed out as a fresh copy as torch does;
+    - the type hints ``Callable[_P, _T]`` that ``OpOverload.py_impl`` builds each time it runs (about 6000
+      times per call, to patch every CIA op): built once, the same objects. Only annotations read them;
+      ``isinstance(x, Callable)`` in that module still means ``collections.abc.Callable``.
+
+    torch computes the same things either way, so the exported files are byte-identical
+    (tests/test_export.py checks it). Scoped to one export call; a patch whose target differs in this
+    torch is skipped."""
+
+    def __enter__(self):
+        self.patched: list = []
+        try:
+            import torch
+            from torch import _ops
+            from torch._export import utils
+            from torch.export import decomp_utils, exported_program
+        except ImportError:
+            return self
+        orig = getattr(utils, "_collect_all_valid_cia_ops", None)
+        if orig is not None:
+            def fingerprint() -> tuple:
+                names = tuple(torch.ops._dir)
+                sizes = tuple(len(getattr(getattr(torch.ops, n), "_dir", ())) for n in names if hasattr(torch.ops, n))
+                cia = torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")
+                return names, sizes, len(cia), hash(tuple(cia))
+
+            def collect():
+                key = fingerprint()
+                ops = _CIA_OPS.get(key)
+                if ops is None:
+                    ops = orig()
+                    _CIA_OPS.clear()
+                    _CIA_OPS[fingerprint()] = ops  # collecting materialises ops: key by the state it leaves
+                return set(ops)
+
+            for m in (exported_program, decomp_utils):
+                if getattr(m, "_collect_all_valid_cia_ops", None) is orig:
+                    self.patched.append((m, "_collect_all_valid_cia_ops", orig))
+                    m._collect_all_valid_cia_ops = collect
+        import collections.abc
+
+        if getattr(_ops, "Callable", None) is collections.abc.Callable:
+            self.patched.append((_ops, "Callable", collections.abc.Callable))
+            _ops.Callable = _MemoCallable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m, name, orig in reversed(self.patched):
+            setattr(m, name, orig)
+
+
+class _MemoCallableMeta(type):
+    """``collections.abc.Callable`` with its subscriptions memoised (see :class:`reuse_export_setup`)."""
+
+    aliases: dict = {}
+
+    def __getitem__(cls, params):
+        import collections.abc
+
+        try:
+            return cls.aliases[params]
+        except KeyError:
+            alias = cls.aliases[params] = collections.abc.Callable[params]
+            return alias
+        except TypeError:  # unhashable parameters (a list of argument types)
+            return collections.abc.Callable[params]
+
+    def __instancecheck__(cls, obj) -> bool:
+        import collections.abc
+
+        return isinstance(obj, collections.abc.Callable)
+
+    def __subclasscheck__(cls, sub) -> bool:
+        import collections.abc
+
+        return issubclass(sub, collections.abc.Callable)
+
+
+class _MemoCallable(metaclass=_MemoCallableMeta):
+    pass

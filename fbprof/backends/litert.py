@@ -32,7 +32,7 @@ def export(module, example, path, options: dict) -> str:
     import litert_torch
     import torch
 
-    from fbprof.backends.base import silent, temporary_env
+    from fbprof.backends.base import reuse_export_setup, silent, temporary_env
 
     with torch.no_grad():
         out = module(example)
@@ -40,7 +40,7 @@ def export(module, example, path, options: dict) -> str:
     outputs = [0] if out.ndim == 4 else []
     wrapped = litert_torch.to_channel_last_io(module, args=args, outputs=outputs).eval()
     sample = example.permute(0, 2, 3, 1).contiguous() if example.ndim == 4 else example
-    with temporary_env(LITERT_TORCH_SHOW_PROGRESS="n"), silent():
+    with temporary_env(LITERT_TORCH_SHOW_PROGRESS="n"), silent(), reuse_export_setup():
         model = litert_torch.convert(wrapped, (sample,))
         model.export(str(path))
     return "nhwc"
