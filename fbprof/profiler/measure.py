@@ -277,8 +277,9 @@ class _Retries:
     measured meanwhile (rather than after an idle pause), up to ``retries`` times; the least noisy valid
     attempt is kept, as :func:`fbprof.loop.measure_attempts` does. A row is journaled once it is final."""
 
-    def __init__(self, req: MeasureRequest, lis: Listener, done, fail, clock=time.perf_counter, sleep=time.sleep) -> None:
-        self.req, self.lis, self.done, self.fail, self.clock, self.sleep = req, lis, done, fail, clock, sleep
+    def __init__(self, req: MeasureRequest, lis: Listener, done, fail) -> None:
+        self.req, self.lis, self.done, self.fail = req, lis, done, fail
+        self.clock, self.sleep = time.perf_counter, time.sleep
         self.waiting: list[_Noisy] = []
 
     def _attempt(self, n: _Noisy) -> None:
