@@ -12,7 +12,8 @@ Protocol (after TFLite's benchmark_model, Google Benchmark and pyperf):
    ``max_runs`` samples and ``max_time_s`` seconds; a row that hits the time cap before ``min_runs``
    samples is *invalid*;
 4. a row whose coefficient of variation is >= ``cv_threshold`` is measured again after
-   ``retry_pause_s`` (up to ``retries`` times) and marked *unstable* if it stays noisy.
+   ``retry_pause_s`` (up to ``retries`` times) and marked *unstable* if it stays noisy. The pause is
+   a minimum: the profiler measures the next rows during it where the device allows (:class:`Attempts`).
 """
 
 from __future__ import annotations
