@@ -200,6 +200,21 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
             os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+    import atexit
+
+    atexit.register(_exit_now)  # registered last, so it runs first when the worker exits
+
+
+def _exit_now() -> None:
+    """An export worker's exit skips the interpreter's teardown (with torch and a converter loaded: several
+    seconds under load, which the LUT build waited for in ``pool.shutdown``). By then everything it made is
+    in the cache (written atomically) and its results are with the parent; only its std streams are left."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 #: pids of this process's export workers that share the measuring cores (see exports_paused)
