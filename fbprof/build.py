@@ -15,13 +15,9 @@ import torch
 from torch import nn
 
 from fbprof.space import Arch
-from fbprof.spec import OpSpec
+from fbprof.spec import BUILDER_VERSION, OpSpec  # noqa: F401 - BUILDER_VERSION: bump it there when this module changes what a key builds
 
-__all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for"]
-
-
-#: bump when this module changes what a key builds, so cached artifacts are rebuilt
-BUILDER_VERSION = "1"
+__all__ = ["build_op", "build_arch", "calibrate", "ChannelShuffle", "seed_for", "BUILDER_VERSION"]
 
 
 def seed_for(key: str) -> int:

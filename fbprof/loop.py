@@ -12,7 +12,8 @@ Protocol (after TFLite's benchmark_model, Google Benchmark and pyperf):
    ``max_runs`` samples and ``max_time_s`` seconds; a row that hits the time cap before ``min_runs``
    samples is *invalid*;
 4. a row whose coefficient of variation is >= ``cv_threshold`` is measured again after
-   ``retry_pause_s`` (up to ``retries`` times) and marked *unstable* if it stays noisy.
+   ``retry_pause_s`` (up to ``retries`` times) and marked *unstable* if it stays noisy. The pause is
+   a minimum: the profiler measures the next rows during it where the device allows (:class:`Attempts`).
 """
 
 from __future__ import annotations
@@ -203,38 +204,70 @@ class Attempt:
     unit: str = "samples"
 
 
+class Attempts:
+    """The one validity policy for every device, one attempt at a time: judge each attempt, keep the least
+    noisy valid one, and say whether the row should be measured again (noisy, ``cfg.retries`` not used up).
+
+    :func:`measure_attempts` runs it with a pause before each retry; a caller with other rows to measure
+    (:func:`fbprof.profiler.measure.measure_lut` on the local device) measures those in the pause instead."""
+
+    def __init__(self, cfg: LoopConfig) -> None:
+        self.cfg = cfg
+        self.count = 0
+        self.loop_s = 0.0
+        self.best: tuple[Attempt, str] | None = None
+
+    def add(self, a: Attempt) -> str:
+        """Record one attempt; returns its status."""
+        self.count += 1
+        self.loop_s += a.elapsed_s
+        status = judge(a.stats, a.capped, self.cfg)
+        if self.best is None or (status != INVALID and (self.best[1] == INVALID or a.stats.cv < self.best[0].stats.cv)):
+            self.best = (a, status)
+        return status
+
+    @property
+    def wants_retry(self) -> bool:
+        return self.best is not None and self.best[1] == UNSTABLE and self.count <= self.cfg.retries
+
+    def result(self) -> Measurement:
+        assert self.best is not None, "no attempt recorded"
+        a, status = self.best
+        cfg = self.cfg
+        notes: list[str] = []
+        if status == INVALID:
+            notes.append(f"hit the cap after {a.stats.n} of {cfg.min_runs} {a.unit}")
+        elif status == UNSTABLE:
+            notes.append(f"cv {a.stats.cv:.3f} >= {cfg.cv_threshold} after {self.count} attempts")
+        elif self.count > 1:
+            notes.append(f"re-measured after a noisy attempt ({self.count} attempts)")
+        return Measurement(a.stats, status, self.count, self.loop_s, notes + a.notes)
+
+
 def measure_attempts(
     attempt: Callable[[], Attempt],
     cfg: LoopConfig,
     sleep: Callable[[float], None] = time.sleep,
     on_retry: Callable[[int, float], None] | None = None,
 ) -> Measurement:
-    """The one validity policy for every device: judge each attempt, measure a noisy row again after a pause
-    (up to ``cfg.retries`` times), keep the least noisy valid attempt."""
-    attempts = 0
-    loop_s = 0.0
-    best: tuple[Attempt, str] | None = None
+    """:class:`Attempts`' policy over ``attempt``: a noisy row is measured again after ``cfg.retry_pause_s``
+    (up to ``cfg.retries`` times); the least noisy valid attempt is kept."""
+    log = Attempts(cfg)
     while True:
         a = attempt()
-        attempts += 1
-        loop_s += a.elapsed_s
-        status = judge(a.stats, a.capped, cfg)
-        if best is None or (status != INVALID and (best[1] == INVALID or a.stats.cv < best[0].stats.cv)):
-            best = (a, status)
-        if best[1] != UNSTABLE or attempts > cfg.retries:
+        log.add(a)
+        if not log.wants_retry:
             break
         if on_retry is not None:
-            on_retry(attempts, a.stats.cv)
+            on_retry(log.count, a.stats.cv)
         sleep(cfg.retry_pause_s)
-    a, status = best
-    notes: list[str] = []
-    if status == INVALID:
-        notes.append(f"hit the cap after {a.stats.n} of {cfg.min_runs} {a.unit}")
-    elif status == UNSTABLE:
-        notes.append(f"cv {a.stats.cv:.3f} >= {cfg.cv_threshold} after {attempts} attempts")
-    elif attempts > 1:
-        notes.append(f"re-measured after a noisy attempt ({attempts} attempts)")
-    return Measurement(a.stats, status, attempts, loop_s, notes + a.notes)
+    return log.result()
+
+
+def loop_attempt(fn: Callable[[], object], cfg: LoopConfig, clock: Callable[[], float] = time.perf_counter) -> Attempt:
+    """One attempt of the loop on ``fn``."""
+    res = run_loop(fn, cfg, clock)
+    return Attempt(Stats.of(res.samples, res.repeats), res.capped, res.elapsed_s)
 
 
 def measure(
@@ -246,8 +279,4 @@ def measure(
 ) -> Measurement:
     """Run the loop on ``fn`` under :func:`measure_attempts`' policy."""
 
-    def attempt() -> Attempt:
-        res = run_loop(fn, cfg, clock)
-        return Attempt(Stats.of(res.samples, res.repeats), res.capped, res.elapsed_s)
-
-    return measure_attempts(attempt, cfg, sleep, on_retry)
+    return measure_attempts(lambda: loop_attempt(fn, cfg, clock), cfg, sleep, on_retry)

@@ -39,7 +39,11 @@ from dataclasses import dataclass
 
 from fbprof.errors import InputError
 
-__all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "round_channels", "FIXED_OPS"]
+__all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "round_channels", "FIXED_OPS", "BUILDER_VERSION"]
+
+#: what an op key builds (fbprof/build.py): bump when build.py changes it, so cached artifacts are rebuilt.
+#: Kept here, torch-free, so the artifact cache hashes it without importing torch.
+BUILDER_VERSION = "1"
 
 FIXED_OPS = ("stem", "head", "pool", "fc")
 # ASCII digits only, a bounded number of them (a 5000-digit number is an error, not an int() traceback)

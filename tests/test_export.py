@@ -509,3 +509,32 @@ def test_cli_export_rejects_unknown_format_and_wrong_suffix(tmp_path):
     assert r.exit_code == 2 and "unknown format 'caffe'" in r.output and "tflite" in r.output
     r = CliRunner().invoke(app, ["export", "fbnet-b", "--format", "tflite", "-o", str(tmp_path / "m.onnx")])
     assert r.exit_code == 2 and "should end in .tflite" in r.output
+
+
+def test_cache_lookup_does_not_import_torch_and_keeps_its_keys(tmp_path):
+    """A warm-cache run only measures: looking artifacts up must not import torch (seconds). The digest
+    still hashes torch's version and BUILDER_VERSION as before, so existing caches stay valid."""
+    import hashlib
+    import json
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    from fbprof.backends import backend_for_format
+    from fbprof.build import BUILDER_VERSION
+
+    code = ("import sys\n"
+            "from fbprof.backends.cache import ArtifactCache\n"
+            "c = ArtifactCache(sys.argv[1])\n"
+            "assert c.get('skip:16x8x8:16:s1', 'onnx', {}) is None\n"
+            "assert 'torch' not in sys.modules, 'a cache lookup imported torch'\n"
+            "print(c.digest('skip:16x8x8:16:s1', 'onnx', {'opset': 18}))\n")
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stderr
+    ident = {"key": "skip:16x8x8:16:s1", "format": "onnx", "converter": backend_for_format("onnx").converter_version(),
+             "torch": torch.__version__, "builder": BUILDER_VERSION, "options": {"opset": 18}}
+    assert res.stdout.strip() == hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]

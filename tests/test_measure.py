@@ -174,3 +174,75 @@ def test_interrupted_run_resumes_without_remeasuring(tmp_path, cache_dir, sig):
     for k in done_keys:  # finished rows were kept as they were, not measured again
         assert lut.rows[k].stats == before[k].stats
     assert not journal.exists()
+
+
+def test_noisy_rows_are_measured_again_after_other_rows_not_after_an_idle_pause(tmp_path, monkeypatch):
+    """A device that measures one attempt at a time (the local one): a noisy row's retry waits for
+    retry_pause_s to pass while the next rows are measured; the policy is fbprof.loop's (least noisy valid
+    attempt kept, up to `retries`); only the run's last noisy rows sleep, for what is left of their pause."""
+    from fbprof.artifact import Artifact
+    from fbprof.devices.base import Device
+    from fbprof.loop import Attempt, LoopConfig, Stats
+    from fbprof.profiler import measure as measure_mod
+    from fbprof.profiler.measure import Listener, MeasureRequest, measure_lut
+    from fbprof.space import load_space
+
+    class Clock:
+        now = 0.0
+        sleeps: list = []
+
+        def perf_counter(self):
+            return self.now
+
+        def sleep(self, s):
+            self.sleeps.append(round(s, 6))
+            self.now += s
+
+    clock = Clock()
+    monkeypatch.setattr(measure_mod, "time", clock)
+    sp = load_space("tiny")
+    specs = sp.all_specs()[:3]
+    a, b, c = sorted(s.key for s in specs)
+    cvs = {a: [0.3, 0.05], b: [0.02], c: [0.2, 0.15]}  # a: noisy then fine; c: noisy twice
+    calls = []
+
+    class OneAttempt(Device):
+        name = "fake"
+        supported_backends = ("onnxruntime",)
+        defers_retries = True
+
+        def fingerprint(self, backend, threads):
+            return {"device": "fake", "runtime": "fake 1.0", "cores": "4"}
+
+        def measure(self, *args, **kw):
+            raise AssertionError("a deferring device is measured one attempt at a time")
+
+        def measure_once(self, artifact, backend, cfg, threads):
+            calls.append(artifact.key)
+            clock.now += 0.3
+            cv = cvs[artifact.key].pop(0)
+            return Attempt(Stats(50, 1, 1e-4, 9e-5, 1.1e-4, 1e-4, cv * 1e-4, cv, 9e-5, 2e-4), False, 0.25), np.zeros(1)
+
+    def export_ops(specs, fmt, cache, options=None, workers=1, on_done=None):
+        return {s.key: Artifact(s.key, fmt, tmp_path / "m.onnx", np.zeros(1, np.float32), np.zeros(1, np.float32))
+                for s in specs}
+
+    monkeypatch.setattr(measure_mod, "export_ops", export_ops)
+    retried = []
+
+    class L(Listener):
+        def on_retry(self, key, attempt, cv):
+            retried.append((key, attempt, cv))
+
+    req = MeasureRequest(specs=specs, out=tmp_path / "t.csv", device=OneAttempt(), backend="onnxruntime",
+                         loop=LoopConfig(min_runs=5, retries=1, retry_pause_s=0.5), spaces=[sp.tag])
+    summary = measure_lut(req, L())
+    # a's retry comes after b and c (0.6 s after its attempt), c's at the end after the rest of its pause
+    assert calls == [a, b, c, a, c]
+    assert clock.sleeps == [0.2]
+    assert retried == [(a, 1, 0.3), (c, 1, 0.2)]
+    rows = read_lut(tmp_path / "t.csv").rows
+    assert rows[a].status == "ok" and rows[a].stats.cv == 0.05 and "re-measured after a noisy attempt (2 attempts)" in rows[a].note
+    assert rows[b].status == "ok" and rows[b].note == ""
+    assert rows[c].status == "unstable" and rows[c].stats.cv == 0.15 and "cv 0.150 >= 0.1 after 2 attempts" in rows[c].note
+    assert summary.measured == 3 and summary.loop_s == pytest.approx(5 * 0.25)

@@ -22,7 +22,9 @@ from typing import Callable, Iterator
 
 from fbprof.artifact import Artifact, to_layout
 from fbprof.backends import backend_for_format
+from fbprof.backends.base import dist_version
 from fbprof.errors import MeasurementError, MissingExtraError
+from fbprof.spec import BUILDER_VERSION
 
 __all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
            "export_stream", "exports_paused", "worker_placements"]
@@ -44,12 +46,10 @@ class ArtifactCache:
         self.root = Path(root) if root is not None else default_cache_dir()
 
     def digest(self, key: str, fmt: str, options: dict) -> str:
-        import torch
-
-        from fbprof.build import BUILDER_VERSION
-
+        # torch's version from its package metadata (as in LUT headers): a lookup of cached artifacts never
+        # imports torch (seconds), so a warm-cache run that only measures does without it
         ident = {
-            "key": key, "format": fmt, "converter": backend_for_format(fmt).converter_version(), "torch": torch.__version__,
+            "key": key, "format": fmt, "converter": backend_for_format(fmt).converter_version(), "torch": dist_version("torch"),
             "builder": BUILDER_VERSION, "options": options,
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
@@ -200,6 +200,21 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
             os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+    import atexit
+
+    atexit.register(_exit_now)  # registered last, so it runs first when the worker exits
+
+
+def _exit_now() -> None:
+    """An export worker's exit skips the interpreter's teardown (with torch and a converter loaded: several
+    seconds under load, which the LUT build waited for in ``pool.shutdown``). By then everything it made is
+    in the cache (written atomically) and its results are with the parent; only its std streams are left."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 #: pids of this process's export workers that share the measuring cores (see exports_paused)

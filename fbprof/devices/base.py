@@ -14,7 +14,7 @@ from typing import Any, Callable
 from fbprof.artifact import Artifact
 from fbprof.backends import get_backend
 from fbprof.errors import InputError
-from fbprof.loop import LoopConfig, Measurement
+from fbprof.loop import Attempt, LoopConfig, Measurement
 
 __all__ = ["DeviceResult", "Device"]
 
@@ -49,6 +49,14 @@ class Device(abc.ABC):
         on_retry: Callable[[int, float], None] | None = None,
     ) -> DeviceResult:
         """Measure one artifact with the shared loop (or the device's native runner)."""
+
+    #: the device measures one attempt at a time (:meth:`measure_once`): the profiler then measures the next
+    #: rows during a noisy row's pause before its retry instead of waiting idle (same policy, fbprof.loop.Attempts)
+    defers_retries: bool = False
+
+    def measure_once(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int) -> tuple[Attempt, Any]:
+        """One attempt of the loop on ``artifact`` (no retry) and the output, when :attr:`defers_retries`."""
+        raise NotImplementedError
 
     #: the device measures artifacts as they are exported (no :meth:`prepare` with all of them first)
     streams_artifacts: bool = False

@@ -14,7 +14,7 @@ from fbprof.artifact import Artifact
 from fbprof.backends import BACKENDS, Session, get_backend
 from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
-from fbprof.loop import LoopConfig, measure
+from fbprof.loop import Attempt, LoopConfig, loop_attempt, measure
 
 __all__ = ["LocalDevice", "cpu_fingerprint", "pinned"]
 
@@ -90,7 +90,9 @@ class LocalDevice(Device):
         self.check_backend(backend)
         return get_backend(backend).open(artifact, threads)
 
-    def measure(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int, on_retry=None) -> DeviceResult:
+    @contextlib.contextmanager
+    def _session(self, artifact: Artifact, backend: str, threads: int) -> Iterator[tuple[Session, object]]:
+        """A pinned session on ``artifact`` and its output for the artifact's input (run once)."""
         import numpy as np
 
         ctx = pinned(threads) if self.pin else contextlib.nullcontext("not pinned")
@@ -101,10 +103,20 @@ class LocalDevice(Device):
                     output = np.asarray(session.run())
                 except Exception as e:
                     raise MeasurementError(f"{artifact.key}: {backend} failed to run: {type(e).__name__}: {e}") from e
-                m = measure(session.run, cfg, on_retry=on_retry)
+                yield session, output
             finally:
                 session.close()
+
+    def measure(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int, on_retry=None) -> DeviceResult:
+        with self._session(artifact, backend, threads) as (session, output):
+            m = measure(session.run, cfg, on_retry=on_retry)
         return DeviceResult(m, output)
+
+    defers_retries = True
+
+    def measure_once(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int) -> tuple[Attempt, object]:
+        with self._session(artifact, backend, threads) as (session, output):
+            return loop_attempt(session.run, cfg), output
 
 
 def from_profile(profile, address, options) -> LocalDevice:

@@ -3,7 +3,8 @@
 ``measure_lut`` is the single orchestration used by every device. It reports through a
 :class:`Listener` (progress bars live in the CLI, not here). Rows go to a journal
 (``<out>.partial``) one at a time, flushed and fsynced; the LUT itself is rewritten atomically,
-sorted, when the run ends, is interrupted or fails, so at most the row in flight is lost.
+sorted, when the run ends, is interrupted or fails, so at most the rows in flight are lost (the one being
+measured and, on a device that defers retries, noisy ones waiting to be measured again).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from fbprof.artifact import Artifact, check_output
 from fbprof.backends import get_backend
 from fbprof.backends.base import dist_version
 from fbprof.backends.cache import ArtifactCache, exports_paused
-from fbprof.devices.base import Device
+from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import LockHeld, OutputLock, WriteError
-from fbprof.loop import INVALID, STATUSES, LoopConfig
+from fbprof.loop import INVALID, STATUSES, Attempts, LoopConfig
 from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
 from fbprof.profiler.export import export_ops, stream_ops
 from fbprof.space import GridCell, SpaceTag, format_grid, format_space_tags
@@ -192,6 +193,20 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     export_s = 0.0
     interrupted = False
     stream = iter(())
+
+    def done(row: LutRow, row_loop_s: float) -> None:
+        nonlocal measured, loop_s
+        loop_s += row_loop_s
+        rows[row.key] = row
+        journal.append(row)
+        measured += 1
+        lis.on_row_done(row)
+
+    def fail(key: str, message: str) -> None:
+        failed[key] = message
+        lis.on_note(message)
+
+    retries = _Retries(req, lis, done, fail) if req.device.defers_retries else None
     journal.start(header)
     try:
         t0 = time.perf_counter()
@@ -215,18 +230,19 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
                 lis.on_note(f"{spec.key}: {art.message}")
                 continue
             lis.on_row_start(spec.key, i, len(todo))
+            if retries is not None:  # one attempt now; a noisy row is measured again a few rows later
+                retries.first(spec.key, art)
+                retries.due()
+                continue
             try:
                 with exports_paused():  # export workers sharing the measuring core wait
                     row = _measure_one(req, spec.key, art, lis)
             except MeasurementError as e:
-                failed[spec.key] = e.message
-                lis.on_note(e.message)
+                fail(spec.key, e.message)
                 continue
-            loop_s += row[1]
-            rows[spec.key] = row[0]
-            journal.append(row[0])
-            measured += 1
-            lis.on_row_done(row[0])
+            done(row[0], row[1])
+        if retries is not None:
+            retries.drain()
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -243,6 +259,66 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
                                  interrupted, notes)
         lis.on_finish(summary)
     return summary
+
+
+@dataclass
+class _Noisy:
+    key: str
+    art: Artifact
+    env: dict[str, str]
+    log: Attempts
+    output: object
+    since: float  # when its last attempt ended
+
+
+class _Retries:
+    """The loop's validity policy (:class:`fbprof.loop.Attempts`) for a device that measures one attempt at a
+    time: a noisy row is measured again once ``retry_pause_s`` has passed since its attempt, after the rows
+    measured meanwhile (rather than after an idle pause), up to ``retries`` times; the least noisy valid
+    attempt is kept, as :func:`fbprof.loop.measure_attempts` does. A row is journaled once it is final."""
+
+    def __init__(self, req: MeasureRequest, lis: Listener, done, fail) -> None:
+        self.req, self.lis, self.done, self.fail = req, lis, done, fail
+        self.clock, self.sleep = time.perf_counter, time.sleep
+        self.waiting: list[_Noisy] = []
+
+    def _attempt(self, n: _Noisy) -> None:
+        req = self.req
+        try:
+            with exports_paused():  # export workers sharing the measuring core wait
+                a, output = req.device.measure_once(n.art, req.backend, req.loop, req.threads)
+        except MeasurementError as e:
+            self.fail(n.key, e.message)
+            return
+        if n.output is None:
+            n.output = output
+        n.log.add(a)
+        if n.log.wants_retry:
+            self.lis.on_retry(n.key, n.log.count, a.stats.cv)
+            n.since = self.clock()
+            self.waiting.append(n)
+            return
+        m = n.log.result()
+        self.done(_row_from(n.key, DeviceResult(m, n.output), n.art.expected, req.check_atol, n.env), m.loop_s)
+
+    def first(self, key: str, art: Artifact) -> None:
+        self._attempt(_Noisy(key, art, self.req.device.before_row(key), Attempts(self.req.loop), None, 0.0))
+
+    def due(self) -> None:
+        """Measure again the noisy rows whose pause is over."""
+        now = self.clock()
+        ready = [n for n in self.waiting if now - n.since >= self.req.loop.retry_pause_s]
+        self.waiting = [n for n in self.waiting if n not in ready]
+        for n in ready:
+            self._attempt(n)
+
+    def drain(self) -> None:
+        """The run's last rows: measure the noisy ones again, each after the rest of its pause."""
+        while self.waiting:
+            left = self.req.loop.retry_pause_s - (self.clock() - min(n.since for n in self.waiting))
+            if left > 0:
+                self.sleep(left)
+            self.due()
 
 
 def _measure_one(req: MeasureRequest, key: str, art: Artifact, lis: Listener) -> tuple[LutRow, float]:
