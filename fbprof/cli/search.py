@@ -203,8 +203,11 @@ def print_result(result) -> None:
     plot = result.out / "theta.png"
     console.print(f"search wall time {result.wall_s:.1f} s; history {result.out / 'theta_history.json'}"
                   + (f", plot {plot}" if plot.exists() else ""))
-    for w in best.warnings:
-        err_console.print(f"[yellow]warning ({best.name}): {w}")
+    if best.warnings:  # one line; every row is in summary.json ("warnings" of each architecture)
+        keys = [w.split(" ", 1)[0].rstrip(":") for w in best.warnings]
+        err_console.print(f"[yellow]warning ({best.name}): {len(keys)} of its LUT rows are not ok: "
+                          + ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+                          + " (see summary.json)")
 
 
 def register(app: typer.Typer) -> None:
