@@ -73,7 +73,11 @@ def verify(
     space: Optional[str] = typer.Option(None, "--space", "-s", help="space name or file (default: the LUT header's single space)"),
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="with --space: input resolution"),
     width: Optional[float] = typer.Option(None, "--width", "-w", help="with --space: width multiplier"),
-    samples: int = typer.Option(100, "--samples", "-n", min=0, help="random architectures (FBNet-A/B/C are added for the fbnet space)"),
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=0, help="random architectures (FBNet-A/B/C are added for "
+                                          "the fbnet space; default 100, 0 with --arch; channel spaces: --arch only)"),
+    arch: list[str] = typer.Option([], "--arch", "-a", help="ARCH (name or file, repeatable): also measure this network "
+                                   "(held out); for a grid LUT (fbnetv2 channel space) the only networks, predicted by "
+                                   "interpolation"),
     seed: int = typer.Option(0, "--seed", help="seed of the sampling, the split and the measuring order"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved measuring rounds (an arch's latency: median of its round medians)"),
     noise_repeats: int = typer.Option(6, "--noise-repeats", min=0, help="replicas of the noise-floor network per round (0: none)"),
@@ -109,11 +113,13 @@ def verify(
     from fbprof.fileio import atomic_write_text
     from fbprof.lut.table import read_lut
     from fbprof.backends.cache import ArtifactCache
-    from fbprof.verify import VerifyRequest, run_verify, write_report
+    from fbprof.verify import VerifyRequest, given_archs, run_verify, write_report
     from fbprof.space import load_space
 
     if (resolution is not None or width is not None) and space is None:
         raise InputError("--resolution/--width need --space")
+    if samples is None:
+        samples = 0 if arch else 100
     opts: dict = parse_options(option)
     sp = load_space(space, resolution, width) if space else None
     loop = None
@@ -133,6 +139,7 @@ def verify(
     if space:
         args += ["--space", space] + (["--resolution", str(resolution)] if resolution else []) + (
             ["--width", f"{width:g}"] if width else [])
+    args += [a for x in arch for a in ("--arch", x)]
     args += ["--samples", str(samples), "--seed", str(seed), "--rounds", str(rounds), "--noise-repeats", str(noise_repeats),
              "--calib-fraction", f"{calib_fraction:g}", "--calibrate" if calibrate else "--no-calibrate"]
     if calibrate:
@@ -143,6 +150,8 @@ def verify(
         args += ["--min-time", f"{min_time:g}"]
     args += ["--out", str(out)]
     if breakdown or breakdown_worst:
+        if arch:
+            raise InputError("--arch and --breakdown are separate modes: give the network to break down with --breakdown")
         args = args[: args.index("--samples")] + [a for x in breakdown for a in ("--breakdown", x)]
         if breakdown_worst:
             args += ["--breakdown-worst", str(breakdown_worst)]
@@ -153,8 +162,10 @@ def verify(
     cmd = shlex.join(args)
     level = verbosity(quiet, verbose)
     listener = _Progress(level < 0)
+    given = given_archs(arch, sp or read_lut(lut).space()) if arch else []
     with open_device(prof, address, opts) as dev:
-        req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, samples=samples, seed=seed, rounds=rounds,
+        req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, archs=given, samples=samples, seed=seed,
+                            rounds=rounds,
                             loop=loop, calibrate=calibrate, store=store, calib_fraction=calib_fraction,
                             noise_repeats=noise_repeats, cache=ArtifactCache(cache_dir), export_workers=workers,
                             command=cmd)
@@ -168,8 +179,8 @@ def verify(
 
             emit("verify", summary={"export_only": True, "samples": samples}, files={}, failed={})
             return
-        console.print(f"exported {samples} random + published networks into the cache; measure with the same command "
-                      "without --export-only")
+        console.print(f"exported {samples} random + {len(given)} given + published networks into the cache; measure with "
+                      "the same command without --export-only")
         return
     paths = write_report(result, out)
     atomic_write_text(Path(out) / "COMMAND.txt", cmd + "\n")
@@ -181,8 +192,13 @@ def verify(
         if result.failed:
             raise typer.Exit(1)
         return
-    console.print(_line("raw, all", s["raw"]["all"]))
-    console.print(_line("raw, held-out", s["raw"]["held_out"]))
+    raw = "interpolated" if s.get("prediction", "").startswith("interpolated") else "raw"
+    console.print(_line(f"{raw}, all", s["raw"]["all"]))
+    console.print(_line(f"{raw}, held-out", s["raw"]["held_out"]))
+    for n, g in s.get("given", {}).items():
+        if g["measured_us"]:
+            console.print(f"{n}: predicted {g['predicted_us'] / 1000:.3f} ms, measured {g['measured_us'] / 1000:.3f} ms "
+                          f"({100 * (g['predicted_us'] - g['measured_us']) / g['measured_us']:+.1f}%)")
     if s["calibrated"].get("held_out"):
         console.print(_line(f"calibrated ({s['calibrated']['source']}), held-out", s["calibrated"]["held_out"]))
         console.print(f"calibration: {s['calibrated']['formula']}")
@@ -210,13 +226,17 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
     from fbprof.devices.profiles import open_device
     from fbprof.fileio import atomic_write_text
     from fbprof.lut.table import read_lut
-    from fbprof.space import load_arch
+    from fbprof.errors import InputError
+    from fbprof.space import ChannelSpace
+    from fbprof.verify import given_archs
     from fbprof.verify.breakdown import BreakdownRequest, run_breakdown, worst_from_report, write_breakdown
 
     table = read_lut(lut)
     space = sp or table.space()
-    archs = [load_arch(n, space.resolution, space.width) for n in names]
-    archs = [space.arch(a.blocks, a.head_channels, name=a.name) for a in archs]  # in the LUT's space
+    archs = given_archs(names, space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
+    if worst and isinstance(space, ChannelSpace):
+        raise InputError("--breakdown-worst is not supported for channel spaces yet (their verify runs have no "
+                         "random networks); give the networks with --breakdown")
     if worst:
         archs += worst_from_report(Path(out) / "verify.csv", space, worst)
     listener = _Progress(quiet)

@@ -17,10 +17,10 @@ from fbprof.artifact import Artifact, check_output
 from fbprof.backends import backend_for_format, resolve_format
 from fbprof.backends.cache import ArtifactCache, ExportJob, export_jobs, export_module, export_modules, export_stream
 from fbprof.errors import InputError, MeasurementError
-from fbprof.space import Arch, load_space
+from fbprof.space import Arch, ChannelArch, load_space
 from fbprof.spec import OpSpec
 
-__all__ = ["export_op", "export_ops", "stream_ops", "arch_key", "arch_artifact", "export_archs", "ArchExport", "export_arch_file"]
+__all__ = ["export_op", "export_ops", "stream_ops", "arch_key", "arch_ref", "arch_from_ref", "arch_artifact", "export_archs", "ArchExport", "export_arch_file"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,12 +74,31 @@ def stream_ops(specs: list[OpSpec], fmt: str, cache: ArtifactCache, options: dic
 
 # ------------------------------------------------------------------------------------------------
 # whole networks, cached like ops (verify measures them end to end)
-def arch_key(arch: Arch) -> str:
-    """Cache identity of a whole network (its name seeds the BN calibration, so it is part of it)."""
-    return f"arch:{arch.name}:{arch.space.tag}:h{arch.head_channels}:{'/'.join(arch.blocks)}"
+def arch_key(arch: Arch | ChannelArch) -> str:
+    """Cache identity of a whole network (its name seeds the BN calibration, so it is part of it); a
+    channel-space network (:class:`~fbprof.space.ChannelArch`) adds its stem width and per-layer widths."""
+    key = f"arch:{arch.name}:{arch.space.tag}:h{arch.head_channels}:{'/'.join(arch.blocks)}"
+    if isinstance(arch, ChannelArch):
+        key += f":s{arch.stem_channels}:c{'/'.join(map(str, arch.channels))}"
+    return key
 
 
-def arch_artifact(arch: Arch, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
+def arch_ref(arch: Arch | ChannelArch) -> dict:
+    """What a spawned export worker needs to rebuild ``arch`` (plain data: picklable, no space object)."""
+    d = arch.to_dict()
+    d["width"] = arch.space.width
+    return d
+
+
+def arch_from_ref(ref: dict) -> Arch | ChannelArch:
+    """The architecture :func:`arch_ref` describes, rebuilt from its space (FBNet-style or channel space)."""
+    space = load_space(ref["space"], ref["resolution"], ref["width"])
+    if "channels" in ref:
+        return space.arch(ref["blocks"], ref["channels"], ref["stem_channels"], ref["head_channels"], name=ref["name"])
+    return space.arch(ref["blocks"], ref["head_channels"], name=ref["name"])
+
+
+def arch_artifact(arch: Arch | ChannelArch, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
     """The artifact of a whole network, from the cache or freshly built and exported."""
     from fbprof.build import build_arch, example_input, seed_for
 
@@ -94,18 +113,14 @@ def arch_artifact(arch: Arch, fmt: str, cache: ArtifactCache, options: dict | No
     return export_module(net, example, key, fmt, cache.folder(key, fmt, options), options)
 
 
-def _export_arch_worker(space_source: str, resolution: int, width: float, blocks: list[str], head: int, name: str,
-                        fmt: str, root: str, options: dict) -> None:
-    space = load_space(space_source, resolution, width)
-    arch_artifact(space.arch(blocks, head, name=name), fmt, ArtifactCache(root), options)
+def _export_arch_worker(ref: dict, fmt: str, root: str, options: dict) -> None:
+    arch_artifact(arch_from_ref(ref), fmt, ArtifactCache(root), options)
 
 
-def export_archs(archs: Sequence[Arch], fmt: str, cache: ArtifactCache, options: dict | None = None,
+def export_archs(archs: Sequence[Arch | ChannelArch], fmt: str, cache: ArtifactCache, options: dict | None = None,
                  **settings) -> dict[str, Artifact | MeasurementError]:
     """Export whole networks, keyed by arch name (``settings``: see :func:`fbprof.backends.cache.export_jobs`)."""
-    jobs = [ExportJob(a.name, arch_key(a), _export_arch_worker,
-                      (a.space.source, a.space.resolution, a.space.width, list(a.blocks), a.head_channels, a.name))
-            for a in archs]
+    jobs = [ExportJob(a.name, arch_key(a), _export_arch_worker, (arch_ref(a),)) for a in archs]
     return export_jobs(jobs, fmt, cache, options, **settings)
 
 

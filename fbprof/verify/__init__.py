@@ -1,7 +1,9 @@
 """fbprof verify: how well does a LUT predict whole networks? Measure random architectures end to end and compare.
 
 :func:`run_verify` draws architectures from the LUT's search space (uniform over the candidates of
-every layer, seeded), adds the published FBNet-A/B/C when the space is ``fbnet``, builds each whole
+every layer, seeded), adds the published FBNet-A/B/C when the space is ``fbnet`` and the networks given by
+name or file (``VerifyRequest.archs``; the only ones for a channel space such as ``fbnetv2``, whose grid LUT
+predicts by interpolation and gets no calibration), builds each whole
 network with :func:`fbprof.build.build_arch`, exports it like the LUT's ops (same format and
 options, content-addressed cache) and measures it on the device with the same loop, backend and
 threads as the LUT. Measuring is interleaved and repeated: every round visits every architecture
@@ -32,14 +34,14 @@ from fbprof.lut.predict import predict
 from fbprof.profiler.export import export_archs
 from fbprof.verify.measure import measure_interleaved, round_order
 from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyListener, VerifyPlan, VerifyRequest,
-                                plan_verify, published_archs, sample_archs)
+                                given_archs, is_grid, plan_verify, published_archs, sample_archs)
 from fbprof.verify.report import CSV_COLUMNS, REPORT_FILES, format_csv, plot_png, write_report
 from fbprof.verify.stats import (GOALS, SUMMARY_SCHEMA, NetworkMeasurement, NoiseFloor, VerifyResult, accuracy,
                                  rank_stats, summarize)
 
 __all__ = [
     "VerifyListener", "VerifyRequest", "VerifyPlan", "NetworkMeasurement", "VerifyResult", "NoiseFloor",
-    "sample_archs", "published_archs", "plan_verify", "export_archs", "measure_interleaved", "round_order", "run_verify",
+    "sample_archs", "published_archs", "given_archs", "plan_verify", "export_archs", "measure_interleaved", "round_order", "run_verify",
     "accuracy", "rank_stats", "write_report", "format_csv", "plot_png", "CSV_COLUMNS", "SUMMARY_SCHEMA", "REPORT_FILES",
     "GOALS", "PUBLISHED", "CALIBRATION", "HELD_OUT",
 ]
@@ -52,6 +54,8 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     plan = plan_verify(req)
     req.device.check_backend(plan.backend)
     lis.on_plan(plan)
+    for n in plan.notes:
+        lis.on_note(n)
     mismatch = _identity_mismatch(plan, req)
     for m in mismatch:
         lis.on_note(f"the LUT was measured differently: {m}")
@@ -92,7 +96,9 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     cal: LinearCalibration | None = None
     fit_report: FitReport | None = None
     source = "none"
-    if req.calibrate:
+    if not plan.calibrate:
+        source = "none (grid LUT)" if is_grid(plan.lut) else "none"
+    elif req.calibrate:
         calib = [r for r in good if r.split == CALIBRATION]
         try:
             cal, fit_report = select_and_fit([r.arch for r in calib], [r.measured_us for r in calib], plan.lut)

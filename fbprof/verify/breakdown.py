@@ -34,8 +34,9 @@ from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import atomic_write_bytes, atomic_write_text
 from fbprof.loop import LoopConfig
 from fbprof.lut.table import Lut, read_lut
-from fbprof.profiler.export import arch_key, export_ops
-from fbprof.space import Arch, load_space
+from fbprof.profiler.export import arch_from_ref, arch_key, arch_ref, export_ops
+from fbprof.lut.predict import predict
+from fbprof.space import Arch, ChannelArch
 from fbprof.verify.measure import measure_interleaved
 from fbprof.verify.plan import VerifyListener
 from fbprof.verify.report import csv_text, num
@@ -52,7 +53,7 @@ BREAKDOWN_FILES = {"csv": "breakdown.csv", "plot": "breakdown.png"}
 class BreakdownRequest:
     lut_path: Path
     device: Device
-    archs: list[Arch]
+    archs: list[Arch | ChannelArch]
     rounds: int = 5
     seed: int = 0
     loop: LoopConfig | None = None  # default: the LUT header's loop
@@ -90,7 +91,7 @@ class InContextCost:
 
 @dataclass
 class Breakdown:
-    arch: Arch
+    arch: Arch | ChannelArch
     layers: list[InContextCost]
     failed: dict[str, str]
 
@@ -114,7 +115,7 @@ class Breakdown:
 
 
 # ------------------------------------------------------------------------------------------------
-def prefix_artifact(arch: Arch, k: int, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
+def prefix_artifact(arch: Arch | ChannelArch, k: int, fmt: str, cache: ArtifactCache, options: dict | None = None) -> Artifact:
     """The first ``k`` ops of ``arch`` as one network (weights and BN of the whole network), from the cache or
     freshly exported."""
     import torch
@@ -138,13 +139,11 @@ def prefix_artifact(arch: Arch, k: int, fmt: str, cache: ArtifactCache, options:
         return export_module(prefix, example, key, fmt, cache.folder(key, fmt, options), options)
 
 
-def _prefix_worker(space_source: str, resolution: int, width: float, blocks: list[str], head: int, name: str, k: int,
-                   fmt: str, root: str, options: dict) -> None:
-    space = load_space(space_source, resolution, width)
-    prefix_artifact(space.arch(blocks, head, name=name), k, fmt, ArtifactCache(root), options)
+def _prefix_worker(ref: dict, k: int, fmt: str, root: str, options: dict) -> None:
+    prefix_artifact(arch_from_ref(ref), k, fmt, ArtifactCache(root), options)
 
 
-def _name(arch: Arch, k: int) -> str:
+def _name(arch: Arch | ChannelArch, k: int) -> str:
     return f"{arch.name}/{k:02d}"
 
 
@@ -157,10 +156,10 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
     fmt = lut.header.get("format") or get_backend(backend).format
     threads = lut.threads()
     loop = req.loop or lut.loop_config()
-    for a in req.archs:
-        lut.require([s for _, s in a.ops()], f"architecture {a.name}")
-    jobs = [ExportJob(_name(a, k), f"prefix{k}:{arch_key(a)}", _prefix_worker,
-                      (a.space.source, a.space.resolution, a.space.width, list(a.blocks), a.head_channels, a.name, k))
+    # each layer's LUT cost: its row, or for a grid LUT (channel space) the interpolated value; raises on
+    # an op the LUT cannot answer before anything is exported
+    lut_us = [[c.latency_us for c in predict(a, lut).layers] for a in req.archs]
+    jobs = [ExportJob(_name(a, k), f"prefix{k}:{arch_key(a)}", _prefix_worker, (arch_ref(a), k))
             for a in req.archs for k in range(1, len(a.ops()) + 1)]
     specs = sorted({s for a in req.archs for _, s in a.ops() if not s.is_identity}, key=lambda s: s.key)
     lis.on_export_start(len(jobs) + len(specs))
@@ -180,7 +179,7 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
         if any(x.startswith("output") for x in ns):
             failed[n] = "; ".join(ns)
     out = []
-    for a in req.archs:
+    for a, row_us in zip(req.archs, lut_us):
         costs: list[InContextCost] = []
         prev: float | None = 0.0
         for k, (layer, spec) in enumerate(a.ops(), start=1):
@@ -191,7 +190,7 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
             diff = None if t is None or prev is None else t - prev
             alone = per.get(f"op:{spec.key}") or []
             now = 0.0 if spec.is_identity else (statistics.median(alone) if alone and f"op:{spec.key}" not in failed else None)
-            costs.append(InContextCost(k, layer, spec.key, lut.latency_us(spec), now, diff, t, spread))
+            costs.append(InContextCost(k, layer, spec.key, row_us[k - 1], now, diff, t, spread))
             prev = t
         out.append(Breakdown(a, costs, {n: w for n, w in failed.items() if n.startswith(a.name + "/")}))
     return out

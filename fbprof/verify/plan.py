@@ -1,5 +1,7 @@
-"""Planning a verify run: which networks (seeded random ones and the published FBNet-A/B/C), which
-split each belongs to (calibration or held-out), and the LUT's backend, threads and loop."""
+"""Planning a verify run: which networks (seeded random ones, the published FBNet-A/B/C and networks given
+by name or file), which split each belongs to (calibration or held-out), and the LUT's backend, threads and
+loop. A grid LUT (a channel space, FBNetV2) predicts by interpolation; its networks are given ones only
+(no sampler of channel architectures yet) and no calibration is fitted on it."""
 
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ from fbprof.backends.cache import ArtifactCache
 from fbprof.devices.base import Device
 from fbprof.errors import InputError
 from fbprof.loop import LoopConfig
-from fbprof.lut.predict import require_space
+from fbprof.lut.predict import predict, require_space
 from fbprof.lut.table import Lut, read_lut
-from fbprof.space import Arch, Space, load_arch
+from fbprof.space import Arch, ChannelArch, ChannelSpace, Space, load_arch
 
-__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "published_archs", "plan_verify",
-           "PUBLISHED", "CALIBRATION", "HELD_OUT"]
+__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "published_archs", "given_archs",
+           "plan_verify", "is_grid", "PUBLISHED", "CALIBRATION", "HELD_OUT"]
 
 PUBLISHED = ("fbnet-a", "fbnet-b", "fbnet-c")
 CALIBRATION, HELD_OUT = "calibration", "held-out"
@@ -39,7 +41,8 @@ class VerifyRequest:
     lut_path: Path
     device: Device
     backend: str | None = None  # must match the LUT's backend when given
-    space: Space | None = None  # default: the LUT header's single space
+    space: Space | ChannelSpace | None = None  # default: the LUT header's single space
+    archs: list[Arch | ChannelArch] = field(default_factory=list)  # given networks (kind "given", held out)
     samples: int = 100
     seed: int = 0
     rounds: int = 3
@@ -69,15 +72,17 @@ class VerifyRequest:
 @dataclass
 class VerifyPlan:
     lut: Lut
-    space: Space
+    space: Space | ChannelSpace
     backend: str
     format: str
     threads: int
     loop: LoopConfig
-    archs: list[Arch]
-    kinds: dict[str, str]  # name -> random | published
+    archs: list[Arch | ChannelArch]
+    kinds: dict[str, str]  # name -> random | published | given
     splits: dict[str, str]  # name -> calibration | held-out
     noise_arch: str | None
+    calibrate: bool = True  # False for a grid LUT: no calibration is fitted or applied
+    notes: list[str] = field(default_factory=list)  # told to the listener by run_verify
 
 
 def sample_archs(space: Space, n: int, seed: int, prefix: str = "rand") -> list[Arch]:
@@ -110,6 +115,25 @@ def published_archs(space: Space) -> list[Arch]:
     return out
 
 
+def is_grid(lut: Lut) -> bool:
+    """A grid LUT (header ``grid``: a channel space, predictions interpolated; :mod:`fbprof.lut.interp`)."""
+    return "grid" in lut.header
+
+
+def given_archs(names, space: Space | ChannelSpace) -> list[Arch | ChannelArch]:
+    """Architectures by name or file. An FBNet-style one is loaded at ``space``'s resolution and width and
+    rebuilt in ``space`` (the LUT's); a channel-space one (:class:`ChannelArch`) keeps its own space and
+    resolution: its ops need only lie inside the LUT's grid (checked by the prediction)."""
+    out: list[Arch | ChannelArch] = []
+    for n in names:
+        if isinstance(space, ChannelSpace):
+            out.append(load_arch(n))
+            continue
+        a = load_arch(n, space.resolution, space.width)
+        out.append(a if isinstance(a, ChannelArch) else space.arch(a.blocks, a.head_channels, name=a.name))
+    return out
+
+
 def plan_verify(req: VerifyRequest) -> VerifyPlan:
     lut = read_lut(req.lut_path)
     backend = lut.header["backend"]
@@ -122,17 +146,37 @@ def plan_verify(req: VerifyRequest) -> VerifyPlan:
     space = req.space or lut.space()
     require_space(lut, space)
     loop = req.loop or lut.loop_config()
+    grid = is_grid(lut)
+    notes: list[str] = []
+    if isinstance(space, ChannelSpace) and req.samples:
+        raise InputError(f"random sampling of {space.name} (a channel space) is not offered yet: give the networks to "
+                         "measure with --arch NAME_OR_FILE (repeatable) and --samples 0",
+                         hint="e.g. --arch fbnetv2-f1 --arch results/search/.../arch-best.yaml")
     archs = sample_archs(space, req.samples, req.seed)
     pub = published_archs(space) if req.published else []
-    kinds = {a.name: "random" for a in archs} | {a.name: "published" for a in pub}
+    given = list(req.archs)
+    all_archs = archs + pub + given
+    seen: set[str] = set()
+    for a in all_archs:
+        if a.name in seen:
+            raise InputError(f"two networks are named {a.name!r}: give each --arch a distinct name "
+                             "(the random ones are rand-000, ...)")
+        seen.add(a.name)
+    for a in given:
+        predict(a, lut)  # an op the LUT (or its grid) cannot answer fails now, before any export
+    kinds = {a.name: "random" for a in archs} | {a.name: "published" for a in pub} | {a.name: "given" for a in given}
+    calibrate = req.calibrate
+    if grid:
+        calibrate = False
+        notes.append("grid LUT: predictions are interpolated; no calibration is fitted or applied yet "
+                     "(every network is held out, raw predictions only)")
     # calibration split: a seeded share of the random archs; everything else is held out
     order = [a.name for a in archs]
     random.Random(f"split-{req.seed}").shuffle(order)
-    k = round(req.calib_fraction * len(order)) if req.calibrate else 0
+    k = round(req.calib_fraction * len(order)) if calibrate else 0
     calib = set(order[:k])
-    splits = {a.name: CALIBRATION if a.name in calib else HELD_OUT for a in archs + pub}
-    all_archs = archs + pub
+    splits = {a.name: CALIBRATION if a.name in calib else HELD_OUT for a in all_archs}
     noise = None
     if req.noise_repeats and all_archs:
         noise = "fbnet-c" if "fbnet-c" in kinds else all_archs[0].name
-    return VerifyPlan(lut, space, backend, fmt, threads, loop, all_archs, kinds, splits, noise)
+    return VerifyPlan(lut, space, backend, fmt, threads, loop, all_archs, kinds, splits, noise, calibrate, notes)

@@ -17,7 +17,7 @@ from fbprof.verify.stats import NetworkMeasurement, VerifyResult
 __all__ = ["CSV_COLUMNS", "REPORT_FILES", "format_csv", "write_report", "plot_png"]
 
 CSV_COLUMNS = ("arch", "kind", "split", "predicted_us", "calibrated_us", "measured_us", "error_pct",
-               "calibrated_error_pct", "round_spread_pct", "rounds", "macs", "head_channels", "blocks", "status", "note")
+               "calibrated_error_pct", "round_spread_pct", "rounds", "macs", "head_channels", "blocks", "channels", "status", "note")
 REPORT_FILES = {"csv": "verify.csv", "summary": "summary.json", "plot": "verify.png"}
 
 
@@ -45,7 +45,8 @@ def _csv_rows(results: Sequence[NetworkMeasurement]):
         cerr = None if r.measured_us is None or r.calibrated_us is None else 100 * (r.calibrated_us - r.measured_us) / r.measured_us
         yield [r.name, r.kind, r.split, num(r.predicted_us), num(r.calibrated_us), num(r.measured_us), num(err, 3),
                num(cerr, 3), num(r.round_spread_pct, 3), " ".join(f"{x:.3f}" for x in r.rounds_us), r.arch.macs(),
-               r.arch.head_channels, " ".join(r.arch.blocks), r.status, r.note]
+               r.arch.head_channels, " ".join(r.arch.blocks), " ".join(map(str, getattr(r.arch, "channels", ()))),
+               r.status, r.note]
 
 
 def write_report(result: VerifyResult, out_dir: str | Path) -> dict[str, Path]:
@@ -78,7 +79,7 @@ def plot_png(result: VerifyResult) -> bytes:
     ax.plot(xs, xs, color="black", lw=0.8)
     raw = s["raw"]["held_out"]
     ax.scatter(meas, [r.predicted_us / 1000 for r in good], s=14, color="tab:blue", alpha=0.7,
-               label=f"raw LUT sum (held-out MAPE {raw.get('mape_pct', float('nan')):.1f}%, τ {raw.get('kendall_tau') or float('nan'):.3f})")
+               label=f"{'interpolated LUT' if s.get('prediction', '').startswith('interpolated') else 'raw LUT sum'} (held-out MAPE {raw.get('mape_pct', float('nan')):.1f}%, τ {raw.get('kendall_tau') or float('nan'):.3f})")
     held_c = [r for r in good if r.calibrated_us is not None and r.split == HELD_OUT]
     if held_c:
         c = s["calibrated"]["held_out"]
@@ -87,7 +88,7 @@ def plot_png(result: VerifyResult) -> bytes:
                    label=f"calibrated, held-out (MAPE {c.get('mape_pct', float('nan')):.1f}%, "
                          f"{100 * c.get('within_5_pct', 0):.0f}% within ±5%)")
     for r in good:
-        if r.kind == "published":
+        if r.kind in ("published", "given"):
             ax.annotate(r.name, (r.measured_us / 1000, r.predicted_us / 1000), fontsize=7, xytext=(3, -8),
                         textcoords="offset points")
     ax.set_xlim(xs)
@@ -103,7 +104,7 @@ def plot_png(result: VerifyResult) -> bytes:
     bx.scatter([r.arch.macs() / 1e6 for r in good], meas, s=14, color="tab:purple", alpha=0.7,
                label=f"MACs (τ {tau_m if tau_m is not None else float('nan'):.3f} to measured)")
     for r in good:
-        if r.kind == "published":
+        if r.kind in ("published", "given"):
             bx.annotate(r.name, (r.arch.macs() / 1e6, r.measured_us / 1000), fontsize=7, xytext=(3, -8),
                         textcoords="offset points")
     bx.set_xlabel("MACs (millions)")

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from fbprof import __version__
 from fbprof.loop import INVALID, OK
 from fbprof.lut.calibration import MODELS, FitReport, LinearCalibration
-from fbprof.space import Arch
+from fbprof.space import Arch, ChannelArch
 from fbprof.verify.plan import CALIBRATION, HELD_OUT, VerifyPlan, VerifyRequest
 
 __all__ = ["NetworkMeasurement", "NoiseFloor", "VerifyResult", "accuracy", "rank_stats", "fit_macs", "summarize",
@@ -26,7 +26,7 @@ GOALS = {"within_10_pct": 0.99, "within_5_pct": 0.95, "kendall_tau": 0.93}
 class NetworkMeasurement:
     """One whole network: what the LUT predicts and what was measured, round by round."""
 
-    arch: Arch
+    arch: Arch | ChannelArch
     kind: str
     split: str
     predicted_us: float
@@ -90,7 +90,7 @@ class VerifyResult:
     results: list[NetworkMeasurement]
     noise: NoiseFloor | None
     calibration: LinearCalibration | None
-    calibration_source: str  # "fitted", "stored in the LUT" or "none"
+    calibration_source: str  # "fitted", "stored in the LUT", "none" or "none (grid LUT)"
     fit_report: FitReport | None
     summary: dict[str, Any]
     failed: dict[str, str]
@@ -172,7 +172,8 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "aggregation": "median over rounds of each round's median; rounds interleave all archs in a fresh seeded order",
         "counts": {
             "archs": len(results), "random": sum(r.kind == "random" for r in results),
-            "published": sum(r.kind == "published" for r in results), "measured": len(good),
+            "published": sum(r.kind == "published" for r in results), "given": sum(r.kind == "given" for r in results),
+            "measured": len(good),
             "calibration": len(calib), "held_out": len(held), "failed": len(results) - len(good),
         },
         "raw": {"all": acc(good, "predicted_us"), "held_out": acc(held, "predicted_us")},
@@ -181,10 +182,10 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "noise_floor": _noise_dict(noise, [r.measured_us for r in held], req.seed),
         "round_spread_pct_median": _median_or_none([r.round_spread_pct for r in good]),
         "goals": dict(GOALS),
-        "published": {r.name: {"predicted_us": round(r.predicted_us, 3),
-                               "calibrated_us": None if r.calibrated_us is None else round(r.calibrated_us, 3),
-                               "measured_us": None if r.measured_us is None else round(r.measured_us, 3)}
-                      for r in results if r.kind == "published"},
+        "prediction": "interpolated on the LUT's grid" if "grid" in h else "sum of the LUT rows",
+        "notes": list(plan.notes),
+        "published": _by_name(results, "published"),
+        "given": _by_name(results, "given"),
         "failed": failed,
         "identity_mismatch": mismatch,
         "timing_s": timing,
@@ -206,6 +207,13 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "judged_on": "calibrated, held-out" if summary["calibrated"].get("held_out") else "raw, held-out",
     }
     return summary
+
+
+def _by_name(results: list[NetworkMeasurement], kind: str) -> dict[str, Any]:
+    return {r.name: {"predicted_us": round(r.predicted_us, 3),
+                     "calibrated_us": None if r.calibrated_us is None else round(r.calibrated_us, 3),
+                     "measured_us": None if r.measured_us is None else round(r.measured_us, 3)}
+            for r in results if r.kind == kind}
 
 
 def _noise_dict(noise: NoiseFloor | None, held_measured: list[float], seed: int, draws: int = 200) -> dict[str, Any] | None:

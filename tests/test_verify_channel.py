@@ -1,0 +1,143 @@
+"""`fbprof verify --arch` on a grid LUT: FBNetV2 channel-space networks (ChannelArch) measured end to end
+against their interpolated predictions, and `--breakdown` of one.
+
+A tiny channel space at one small resolution and a synthetic grid LUT (torch backend: its export is fast;
+the rows are made up, only the networks are measured). No timing thresholds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fbprof.cli import app
+from fbprof.errors import InputError
+from fbprof.loop import Stats
+from fbprof.lut.interp import OutsideGridError, predict_interpolated
+from fbprof.lut.table import LutRow, read_lut, write_lut
+from fbprof.profiler.export import arch_from_ref, arch_key, arch_ref
+from fbprof.space import ChannelArch, format_grid, format_space_tags, load_arch, load_space
+from fbprof.verify import VerifyRequest, plan_verify
+from fbprof.verify.breakdown import BREAKDOWN_COLUMNS
+
+runner = CliRunner()
+QUICK = ["--min-runs", "3", "--min-time", "0", "--workers", "1", "-q"]
+
+SPACE = """schema: 1
+name: v2verify
+kind: channels
+resolutions: [16]
+num_classes: 10
+stem: {channels: [8, 16], stride: 2, block: stem_hs}
+candidates: [k3_e1_hs, k3_e4_hs, skip]
+stages:
+  - {channels: [8, 16, 24], repeats: 2, stride: 2}
+head: {channels: [32], block: ir_pool_e6_hs}
+grid: {points: 2}
+"""
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _us(spec) -> float:
+    return 5.0 + spec.macs() / 1e4
+
+
+@pytest.fixture
+def grid(tmp_path):
+    sp_path = tmp_path / "v2verify.yaml"
+    sp_path.write_text(SPACE)
+    sp = load_space(sp_path)
+    rows = [LutRow(s.key, "ok", Stats(5, 1, _us(s), _us(s), _us(s), _us(s), 0.0, 0.0, _us(s), _us(s)))
+            for s in sp.all_specs()]
+    header = {"device": "local", "backend": "torch", "format": "torchscript", "runtime": "torch x", "threads": "1",
+              "spaces": format_space_tags(sp.tags), "grid": format_grid(sp.grid()),
+              "loop": "warmup_runs=1;warmup_min_s=0.0;min_runs=3;min_time_s=0.0"}
+    lut_path = tmp_path / "grid.csv"
+    write_lut(lut_path, header, rows)
+    archs = {
+        # layer 1: 16 -> 16 channels, between the grid's axis points (8, 24): interpolated
+        "c-one": "stem_channels: 16\nblocks: [k3_e4_hs, k3_e1_hs]\nchannels: [16, 24]\n",
+        "c-two": "stem_channels: 8\nblocks: [k3_e1_hs, skip]\nchannels: [24, 24]\n",
+    }
+    files = {}
+    for name, body in archs.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(f"name: {name}\nspace: v2verify.yaml\nresolution: 16\nhead_channels: 32\n{body}")
+    return lut_path, files
+
+
+def test_verify_measures_channel_archs_against_interpolated_predictions(grid, tmp_path):
+    lut_path, files = grid
+    before = lut_path.read_text()
+    out = tmp_path / "report"
+    res = run("verify", "--lut", lut_path, "--device", "local", "--arch", files["c-one"], "--arch", files["c-two"],
+              "--rounds", 2, "--noise-repeats", 1, "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    assert "interpolated, held-out" in res.output and "c-one: predicted" in res.output
+    lut = read_lut(lut_path)
+    rows = {r["arch"]: r for r in csv.DictReader((out / "verify.csv").open())}
+    assert set(rows) == {"c-one", "c-two"}
+    for name, path in files.items():
+        a = load_arch(path)
+        assert isinstance(a, ChannelArch)
+        r = rows[name]
+        assert r["kind"] == "given" and r["split"] == "held-out" and r["status"] == "ok"
+        assert float(r["predicted_us"]) == pytest.approx(predict_interpolated(a, lut).total_us, abs=1e-3)
+        assert float(r["measured_us"]) > 0 and len(r["rounds"].split()) == 2
+        assert r["calibrated_us"] == "" and r["channels"] == " ".join(map(str, a.channels))
+    assert any(c.status == "interp" for c in predict_interpolated(load_arch(files["c-one"]), lut).layers)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["given"] == 2 and s["counts"]["held_out"] == 2 and s["counts"]["calibration"] == 0
+    assert s["prediction"].startswith("interpolated") and s["calibrated"]["source"] == "none (grid LUT)"
+    assert any("grid LUT" in n for n in s["notes"]) and set(s["given"]) == {"c-one", "c-two"}
+    assert "--arch" in s["command"] and "--samples 0" in s["command"]
+    assert (out / "verify.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert lut_path.read_text() == before  # no calibration stored into a grid LUT
+
+
+def test_plan_refuses_sampling_and_uncovered_channel_archs(grid, tmp_path):
+    lut_path, files = grid
+    sp = read_lut(lut_path).space()
+    with pytest.raises(InputError, match="random sampling of v2verify"):
+        plan_verify(VerifyRequest(lut_path, device=None, samples=5))
+    wide = load_arch(files["c-one"], resolution=32)  # the grid was measured at 16 only
+    with pytest.raises(OutsideGridError):
+        plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[wide]))
+    twice = [load_arch(files["c-one"]), load_arch(files["c-one"])]
+    with pytest.raises(InputError, match="two networks are named"):
+        plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=twice))
+    plan = plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[load_arch(files["c-two"])]))
+    assert not plan.calibrate and plan.kinds == {"c-two": "given"} and plan.space.name == sp.name
+    res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--arch" in res.output
+
+
+def test_channel_arch_cache_key_and_worker_ref_keep_the_widths(grid):
+    _, files = grid
+    a = load_arch(files["c-one"])
+    b = a.space.arch(a.blocks, (24, 24), a.stem_channels, a.head_channels, name=a.name)
+    assert arch_key(a) != arch_key(b) and "c16/24" in arch_key(a)
+    assert arch_from_ref(arch_ref(a)) == a
+
+
+def test_breakdown_of_a_channel_arch(grid, tmp_path):
+    lut_path, files = grid
+    out = tmp_path / "bd"
+    res = run("verify", "--lut", lut_path, "--breakdown", files["c-one"], "--rounds", 1, "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    a = load_arch(files["c-one"])
+    pred = predict_interpolated(a, read_lut(lut_path))
+    rows = list(csv.DictReader((out / "breakdown.csv").open()))
+    assert tuple(rows[0]) == BREAKDOWN_COLUMNS
+    assert [r["key"] for r in rows] == [s.key for _, s in a.ops()]
+    for r, c in zip(rows, pred.layers):
+        assert float(r["isolated_us"]) == pytest.approx(c.latency_us, abs=1e-3)  # interpolated where off the grid
+        assert float(r["prefix_us"]) > 0
+    res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--breakdown", str(files["c-one"]),
+                              "--breakdown-worst", "1", "--out", str(out)])
+    assert res.exit_code == 2 and "not supported for channel spaces" in res.output
