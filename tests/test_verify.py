@@ -82,7 +82,7 @@ def test_verify_writes_the_summary_and_plot(verified):
     assert s["schema"] == 1
     assert s["command"].startswith("fbprof verify --lut")
     assert s["space"] == "tiny@32/w1" and s["lut_header"]["backend"] == "torch"
-    assert s["counts"] == {"archs": SAMPLES, "random": SAMPLES, "published": 0, "measured": SAMPLES,
+    assert s["counts"] == {"archs": SAMPLES, "random": SAMPLES, "published": 0, "given": 0, "measured": SAMPLES,
                            "calibration": CALIB, "held_out": SAMPLES - CALIB, "failed": 0}
     metric_keys = {"n", "mape_pct", "rmspe_pct", "bias_pct", "max_abs_error_pct", "within_5_pct", "within_10_pct",
                    "kendall_tau", "spearman_rho"}
