@@ -225,20 +225,30 @@ def _graph_signature(path):
     return nodes, inits, named, io, [(o.domain, o.version) for o in m.opset_import], m.ir_version, m.producer_name
 
 
+def _batch_and_single(backend, keys, suffix: str, layout: str, tmp_path):
+    """Convert ``keys`` with the backend's ``export_batch`` and each alone with ``export``:
+    ``(spec, batch file, single file)`` per op."""
+    from fbprof.build import build_calibrated_op, example_input
+
+    specs = [OpSpec.parse(k) for k in keys]
+    paths = [tmp_path / f"batch{i}{suffix}" for i in range(len(specs))]
+    layouts = backend.export_batch([build_calibrated_op(s) for s in specs], [example_input(s) for s in specs], paths, {})
+    assert layouts == [layout] * len(specs)
+    out = []
+    for spec, path in zip(specs, paths):
+        single = tmp_path / f"{spec.op}{suffix}"
+        backend.export(build_calibrated_op(spec), example_input(spec), single, {})
+        out.append((spec, path, single))
+    return out
+
+
 def test_a_batch_export_splits_into_the_graphs_of_single_exports(tmp_path):
     import onnx
 
     from fbprof.backends import onnxruntime as ort_backend
-    from fbprof.build import build_calibrated_op, example_input
+    from fbprof.build import example_input
 
-    specs = [OpSpec.parse(k) for k in BATCH_KEYS]
-    paths = [tmp_path / f"batch{i}.onnx" for i in range(len(specs))]
-    layouts = ort_backend.export_batch([build_calibrated_op(s) for s in specs], [example_input(s) for s in specs],
-                                       paths, {})
-    assert layouts == ["nchw"] * len(specs)
-    for spec, path in zip(specs, paths):
-        single = tmp_path / f"{spec.op}.onnx"
-        ort_backend.export(build_calibrated_op(spec), example_input(spec), single, {})
+    for spec, path, single in _batch_and_single(ort_backend, BATCH_KEYS, ".onnx", "nchw", tmp_path):
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
         assert _graph_signature(path) == _graph_signature(single), spec.key
         # and it runs like torch in ONNX Runtime
@@ -328,22 +338,95 @@ def test_an_executorch_batch_writes_the_programs_of_single_exports(tmp_path):
     """One lowering for several ops, one .pte per op: byte for byte what a single export writes, and it
     runs like torch in ExecuTorch."""
     from fbprof.backends import executorch as et_backend
-    from fbprof.build import build_calibrated_op, example_input
+    from fbprof.build import example_input
 
-    specs = [OpSpec.parse(k) for k in (*BATCH_KEYS, "k5_e3:8x16x16:16:s2")]
-    paths = [tmp_path / f"batch{i}.pte" for i in range(len(specs))]
-    layouts = et_backend.export_batch([build_calibrated_op(s) for s in specs], [example_input(s) for s in specs],
-                                      paths, {})
-    assert layouts == ["nchw"] * len(specs)
-    for spec, path in zip(specs, paths):
-        single = tmp_path / f"{spec.op}.pte"
-        et_backend.export(build_calibrated_op(spec), example_input(spec), single, {})
+    for spec, path, single in _batch_and_single(et_backend, (*BATCH_KEYS, "k5_e3:8x16x16:16:s2"), ".pte", "nchw",
+                                                tmp_path):
         assert path.read_bytes() == single.read_bytes(), spec.key
         sess = et_backend.open_session(str(path), example_input(spec).numpy(), 1)
         try:
             np.testing.assert_allclose(sess.run(), _torch_output(spec), rtol=1e-4, atol=1e-4)
         finally:
             sess.close()
+
+
+def _tflite_signature(path):
+    """What a .tflite computes, names aside: per operator its builtin op, options and the (shape, type,
+    constant bytes) of every tensor it reads and writes, in graph order; the signature's input/output arity."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    (sub,) = model.subgraphs
+
+    def plain(v):
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if hasattr(v, "__dict__"):
+            return {k: plain(x) for k, x in sorted(vars(v).items())}
+        return v
+
+    def tensor(t):
+        if t < 0:
+            return None
+        x = sub.tensors[t]
+        data = model.buffers[x.buffer].data
+        return (tuple(x.shape), x.type, None if data is None else bytes(bytearray(data)))
+
+    ops = []
+    for op in sub.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        ops.append((max(code.builtinCode, code.deprecatedBuiltinCode), op.builtinOptionsType, plain(op.builtinOptions),
+                    [tensor(t) for t in op.inputs], [tensor(t) for t in op.outputs]))
+    (sig,) = model.signatureDefs
+    return ops, [t.name for t in sig.inputs], [t.name for t in sig.outputs], len(sub.inputs), len(sub.outputs)
+
+
+def test_a_litert_batch_splits_into_the_models_of_single_conversions(tmp_path):
+    """One conversion for several ops, one .tflite per op: the operators, options, shapes and weights a
+    single conversion gives (channel shuffles included: their equal TRANSPOSE permutations are one shared
+    constant in the batch), 16-byte aligned weights, and it runs like torch in LiteRT."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from fbprof.backends import litert as lt_backend
+    from fbprof.build import example_input
+
+    keys = (*BATCH_KEYS, "k3_e1_g2:16x8x8:16:s1", "stem:3x32x32:8:s2")
+    for spec, path, single in _batch_and_single(lt_backend, keys, ".tflite", "nhwc", tmp_path):
+        assert _tflite_signature(path) == _tflite_signature(single), spec.key
+        data = path.read_bytes()
+        model = schema.Model.GetRootAs(data, 0)
+        for b in range(model.BuffersLength()):
+            buf = model.Buffers(b)
+            if buf.DataLength():
+                assert (buf._tab.Vector(buf._tab.Offset(4))) % 16 == 0, (spec.key, b)
+        x = example_input(spec)
+        x = (x.permute(0, 2, 3, 1).contiguous() if x.ndim == 4 else x).numpy()
+        want = _torch_output(spec)
+        want = want.transpose(0, 2, 3, 1) if want.ndim == 4 else want
+        sess = lt_backend.open_session(str(path), x, 1)
+        try:
+            np.testing.assert_allclose(sess.run(), want, rtol=1e-4, atol=1e-4)
+        finally:
+            sess.close()
+
+
+def test_a_litert_split_refuses_an_op_that_reads_another_ops_tensor(tmp_path):
+    """A batch model where op 1 reads op 0's output is not two independent ops: no file is cut from it
+    (the caller then converts one op at a time)."""
+    import litert_torch
+    import torch
+
+    from fbprof.backends import litert as lt_backend
+
+    class Chained(torch.nn.Module):
+        def forward(self, a, b):
+            y = torch.relu(a)
+            return y, y + b
+
+    data = bytes(litert_torch.convert(Chained().eval(), (torch.ones(1, 4), torch.zeros(1, 4))).model_content())
+    for i in (0, 1):  # op 0's output feeds op 1: neither is an op of its own
+        with pytest.raises(ValueError, match="reads a tensor computed by another op"):
+            lt_backend.split_model(data, i)
 
 
 def test_a_failing_executorch_batch_falls_back_to_one_export_per_op(tmp_path, monkeypatch):

@@ -253,3 +253,20 @@ class _MemoCallableMeta(type):
 
 class _MemoCallable(metaclass=_MemoCallableMeta):
     pass
+
+
+def batch_module(modules: list) -> Any:
+    """Several independent single-input modules as one module with N inputs and N outputs (submodules
+    ``m0``, ``m1``, ...), in eval mode: what a backend's ``export_batch`` converts once and then splits."""
+    import torch
+
+    class _Batch(torch.nn.Module):
+        def __init__(self, ms) -> None:
+            super().__init__()
+            for i, m in enumerate(ms):
+                self.add_module(f"m{i}", m)
+
+        def forward(self, *xs):
+            return tuple(getattr(self, f"m{i}")(x) for i, x in enumerate(xs))
+
+    return _Batch(modules).eval()

@@ -62,22 +62,13 @@ def export_batch(modules, examples, paths, options: dict) -> list[str]:
     import torch
     from executorch.exir import to_edge_transform_and_lower
 
-    from fbprof.backends.base import reuse_export_setup, silent
+    from fbprof.backends.base import batch_module, reuse_export_setup, silent
 
     if len(modules) == 1:
         return [export(modules[0], examples[0], paths[0], options)]
 
-    class _Batch(torch.nn.Module):
-        def __init__(self, ms) -> None:
-            super().__init__()
-            for i, m in enumerate(ms):
-                self.add_module(f"m{i}", m)
-
-        def forward(self, *xs):
-            return tuple(getattr(self, f"m{i}")(x) for i, x in enumerate(xs))
-
     with silent(), torch.no_grad(), reuse_export_setup():
-        program = torch.export.export(_Batch(modules).eval(), tuple(examples))
+        program = torch.export.export(batch_module(modules), tuple(examples))
         inputs = program.graph_signature.user_inputs
         if len(inputs) != len(modules):
             raise ValueError(f"batch of {len(modules)} ops has {len(inputs)} inputs")

@@ -101,23 +101,14 @@ def export_batch(modules, examples, paths, options: dict) -> list[str]:
     """
     import torch
 
-    from fbprof.backends.base import quiet
+    from fbprof.backends.base import batch_module, quiet
 
     which, opset = _exporter(options)
     if which == "legacy" or len(modules) == 1:
         return [export(m, x, p, options) for m, x, p in zip(modules, examples, paths)]
 
-    class _Batch(torch.nn.Module):
-        def __init__(self, ms) -> None:
-            super().__init__()
-            for i, m in enumerate(ms):
-                self.add_module(f"m{i}", m)
-
-        def forward(self, *xs):
-            return tuple(getattr(self, f"m{i}")(x) for i, x in enumerate(xs))
-
     n = len(modules)
-    batch = _Batch(modules).eval()
+    batch = batch_module(modules)
     with quiet(), torch.no_grad(), _reuse_torchlib_registry():
         prog = torch.onnx.export(batch, tuple(examples), dynamo=True, opset_version=opset, verbose=False,
                                  input_names=[f"input_{i}" for i in range(n)],
