@@ -214,6 +214,7 @@ class VerifyConfig:
     calibrate: bool = True
     store: bool = True  # write a fitted calibration into the LUT header
     published: bool = True  # add FBNet-A/B/C for the fbnet space
+    archs: list[str] = field(default_factory=list)  # also these networks, by name or arch file (held out)
     loop: LoopConfig | None = None  # default: the LUT's
     export_workers: int = 1
     cache_dir: str | Path | None = None
@@ -228,12 +229,14 @@ def run_verify(config: VerifyConfig, listener: Any = None) -> "VerifyResult":
     """
     from fbprof.backends.cache import ArtifactCache
     from fbprof.devices.profiles import load_profiles, open_device, resolve_device
-    from fbprof.verify import VerifyRequest, run_verify, write_report
+    from fbprof.lut.table import read_lut
+    from fbprof.verify import VerifyRequest, given_archs, run_verify, write_report
 
     prof, address = resolve_device(config.device, None, load_profiles())
     sp = load_space(config.space, config.resolution, config.width) if config.space is not None else None
+    given = given_archs(list(config.archs), sp or read_lut(config.lut).space()) if config.archs else []
     with open_device(prof, address, dict(config.options)) as dev:
-        req = VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp,
+        req = VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp, archs=given,
                             samples=config.samples, seed=config.seed, rounds=config.rounds, loop=config.loop,
                             calibrate=config.calibrate, store=config.store, calib_fraction=config.calib_fraction,
                             noise_repeats=config.noise_repeats, published=config.published,

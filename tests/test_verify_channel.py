@@ -100,11 +100,21 @@ def test_verify_measures_channel_archs_against_interpolated_predictions(grid, tm
     assert lut_path.read_text() == before  # no calibration stored into a grid LUT
 
 
-def test_plan_refuses_sampling_and_uncovered_channel_archs(grid, tmp_path):
+def test_plan_samples_channel_archs_the_grid_covers_and_refuses_uncovered_ones(grid, tmp_path):
     lut_path, files = grid
-    sp = read_lut(lut_path).space()
-    with pytest.raises(InputError, match="random sampling of v2verify"):
-        plan_verify(VerifyRequest(lut_path, device=None, samples=5))
+    lut = read_lut(lut_path)
+    sp = lut.space()
+    plan = plan_verify(VerifyRequest(lut_path, device=None, samples=6, seed=3))
+    randoms = [a for a in plan.archs if plan.kinds[a.name] == "random"]
+    assert len(randoms) == 6 and all(isinstance(a, ChannelArch) for a in randoms)
+    assert len({(a.blocks, a.channels, a.stem_channels) for a in randoms}) == 6  # distinct
+    assert not plan.calibrate and set(plan.splits.values()) == {"held-out"}
+    for a in randoms:
+        predict_interpolated(a, lut)  # every op inside the grid
+    again = plan_verify(VerifyRequest(lut_path, device=None, samples=6, seed=3))
+    assert [(a.blocks, a.channels) for a in again.archs] == [(a.blocks, a.channels) for a in randoms]  # seeded
+    with pytest.raises(InputError, match="random v2verify networks found"):  # more than the tiny space holds
+        plan_verify(VerifyRequest(lut_path, device=None, samples=500))
     wide = load_arch(files["c-one"], resolution=32)  # the grid was measured at 16 only
     with pytest.raises(OutsideGridError):
         plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[wide]))
@@ -113,8 +123,8 @@ def test_plan_refuses_sampling_and_uncovered_channel_archs(grid, tmp_path):
         plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=twice))
     plan = plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[load_arch(files["c-two"])]))
     assert not plan.calibrate and plan.kinds == {"c-two": "given"} and plan.space.name == sp.name
-    res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 2 and "--arch" in res.output
+    res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--samples", "500", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "--arch" in res.output  # the message's hint
 
 
 def test_channel_arch_cache_key_and_worker_ref_keep_the_widths(grid):
@@ -141,3 +151,51 @@ def test_breakdown_of_a_channel_arch(grid, tmp_path):
     res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--breakdown", str(files["c-one"]),
                               "--breakdown-worst", "1", "--out", str(out)])
     assert res.exit_code == 2 and "not supported for channel spaces" in res.output
+
+
+def test_the_python_api_verifies_given_channel_archs(grid, tmp_path):
+    """``fbprof.VerifyConfig(archs=[...])`` is ``fbprof verify --arch``: the same given, held-out networks."""
+    from fbprof.api import VerifyConfig, run_verify
+    from fbprof.loop import LoopConfig
+
+    lut_path, files = grid
+    res = run_verify(VerifyConfig(lut=lut_path, archs=[str(files["c-one"])], samples=0, rounds=2, noise_repeats=1,
+                                  loop=LoopConfig(warmup_runs=1, warmup_min_s=0.0, min_runs=3, min_time_s=0.0),
+                                  cache_dir=tmp_path / "cache", report_dir=tmp_path / "report"))
+    assert [r.name for r in res.results] == ["c-one"]
+    assert res.summary["counts"]["given"] == 1 and set(res.summary["given"]) == {"c-one"}
+    assert (tmp_path / "report" / "verify.csv").exists()
+
+
+def test_interp_check_remeasures_heldout_ops_and_their_corners_interleaved(grid, tmp_path):
+    """`lut interp-check --remeasure`: the held-out ops and the grid rows their interpolation reads are measured
+    again in the same interleaved rounds, so the made-up latencies of both files play no part."""
+    from fbprof.lut.interp import GridLut
+    from fbprof.verify.interp import interleaved_interp_check
+
+    lut_path, _ = grid
+    lut = read_lut(lut_path)
+    sp = lut.space()
+    held = sp.heldout_specs(2, seed=1)
+    g = GridLut(lut)
+    for s in held:  # an off-grid op reads the 4 corners of its cell (one expansion measured per block)
+        corners = g.sources(s)
+        assert len(corners) == 4 and s.key not in corners and all(k in lut.rows for k in corners)
+    rows = [LutRow(s.key, "ok", Stats(5, 1, 1e6, 1e6, 1e6, 1e6, 0.0, 0.0, 1e6, 1e6)) for s in held]
+    held_path = tmp_path / "heldout.csv"
+    write_lut(held_path, dict(lut.header), rows)
+    res = run("lut", "interp-check", lut_path, held_path, "--remeasure", "--rounds", 2, "--cache-dir", tmp_path / "c", "-q")
+    assert res.exit_code == 0, res.output
+    assert "interleaved rounds" in res.output and "MAPE" in res.output and "1000000.0" not in res.output
+
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.local import LocalDevice
+
+    check, measured = interleaved_interp_check(lut, [s.key for s in held], LocalDevice(), ArtifactCache(tmp_path / "c"),
+                                               rounds=2)
+    assert [k for k, _, _ in check.rows] == sorted(s.key for s in held)
+    assert all(len(v) == 2 for v in measured.values())  # one median per round
+    assert set(measured) == {s.key for s in held} | {k for s in held for k in g.sources(s)}
+    for key, m, p in check.rows:
+        assert m == pytest.approx(sorted(measured[key])[0] / 2 + sorted(measured[key])[1] / 2)
+        assert 0 < p < 1e6

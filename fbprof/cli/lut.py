@@ -176,6 +176,14 @@ def _row_json(r) -> dict:
 def interp_check(
     grid: Path = typer.Argument(..., help="grid LUT (built with `fbprof measure --space fbnetv2`)"),
     heldout: Path = typer.Argument(..., help="held-out LUT (built with `fbprof measure --space fbnetv2 --heldout N`)"),
+    remeasure: bool = typer.Option(False, "--remeasure", help="measure the held-out ops and the grid rows their "
+                                   "interpolation reads again, interleaved in the same rounds, on --device (cancels "
+                                   "drift between the two LUTs' runs)"),
+    device: str = typer.Option("local", "--device", "-d", help="with --remeasure: the device the LUTs were measured on"),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="with --remeasure: interleaved rounds"),
+    seed: int = typer.Option(0, "--seed", help="with --remeasure: seed of the visiting order"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Interpolation error of a grid LUT on held-out off-grid ops measured directly (MAPE)."""
     from fbprof.errors import InputError
@@ -187,7 +195,26 @@ def interp_check(
         if g.header.get(name) != h.header.get(name):
             raise InputError(f"{grid} and {heldout} were measured differently ({name}: {g.header.get(name)!r} vs "
                              f"{h.header.get(name)!r})")
-    check = check_interpolation(g, h)
+    if remeasure:
+        from fbprof.backends.cache import ArtifactCache
+        from fbprof.cli.verify import _Progress
+        from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+        from fbprof.verify.interp import interleaved_interp_check
+
+        prof, address = resolve_device(device, None, load_profiles())
+        listener = _Progress(quiet)
+        listener.progress.start()
+        with open_device(prof, address, {}) as dev:
+            dev.check_backend(g.header.get("backend", ""))
+            try:
+                check, _ = interleaved_interp_check(g, list(h.rows), dev, ArtifactCache(cache_dir), rounds=rounds,
+                                                    seed=seed, listener=listener)
+            finally:
+                listener.stop()
+        console.print(f"held-out ops and the grid rows they read measured again, {rounds} interleaved rounds "
+                      f"on {device} (medians of the round medians)")
+    else:
+        check = check_interpolation(g, h)
     t = Table("key", "measured µs", "interpolated µs", "error")
     for key, m, p in check.rows:
         t.add_row(key, f"{m:.1f}", f"{p:.1f}", f"{100 * (p - m) / m:+.1f}%" if m > 0 else "-")

@@ -74,10 +74,9 @@ def verify(
     resolution: Optional[int] = typer.Option(None, "--resolution", "-r", help="with --space: input resolution"),
     width: Optional[float] = typer.Option(None, "--width", "-w", help="with --space: width multiplier"),
     samples: Optional[int] = typer.Option(None, "--samples", "-n", min=0, help="random architectures (FBNet-A/B/C are added for "
-                                          "the fbnet space; default 100, 0 with --arch; channel spaces: --arch only)"),
+                                          "the fbnet space; default 100, 0 with --arch; a grid LUT: drawn over what its grid covers)"),
     arch: list[str] = typer.Option([], "--arch", "-a", help="ARCH (name or file, repeatable): also measure this network "
-                                   "(held out); for a grid LUT (fbnetv2 channel space) the only networks, predicted by "
-                                   "interpolation"),
+                                   "(held out); for a grid LUT (fbnetv2 channel space) predicted by interpolation"),
     seed: int = typer.Option(0, "--seed", help="seed of the sampling, the split and the measuring order"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="interleaved measuring rounds (an arch's latency: median of its round medians)"),
     noise_repeats: int = typer.Option(6, "--noise-repeats", min=0, help="replicas of the noise-floor network per round (0: none)"),
@@ -235,8 +234,8 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
     space = sp or table.space()
     archs = given_archs(names, space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
     if worst and isinstance(space, ChannelSpace):
-        raise InputError("--breakdown-worst is not supported for channel spaces yet (their verify runs have no "
-                         "random networks); give the networks with --breakdown")
+        raise InputError("--breakdown-worst is not supported for channel spaces yet (it rebuilds FBNet-style "
+                         "networks from verify.csv); give the networks with --breakdown")
     if worst:
         archs += worst_from_report(Path(out) / "verify.csv", space, worst)
     listener = _Progress(quiet)

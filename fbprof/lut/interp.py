@@ -149,6 +149,25 @@ class GridLut:
         u = (b.expansion - e0) / (e1 - e0)
         return (1 - u) * v0 + u * v1
 
+    def sources(self, spec: OpSpec) -> list[str]:
+        """Keys of the grid rows that interpolating ``spec`` reads (the corners of its cell, for each
+        expansion consulted); OutsideGridError when the grid does not cover it."""
+        read: list[tuple] = []
+        rows = self._rows
+
+        class _Recording(dict):
+            def __getitem__(self, k):
+                read.append(k)
+                return dict.__getitem__(self, k)
+
+        self._rows = _Recording(rows)
+        try:
+            self.interpolate(spec.op, spec.stride, spec.h, spec.cin, spec.cout, spec.w)
+        finally:
+            self._rows = rows
+        return sorted({OpSpec(op, cin, h, w, cout, stride).key for op, cin, h, w, cout, stride in read if
+                       (op, cin, h, w, cout, stride) in rows})
+
     def latency_us(self, spec: OpSpec) -> tuple[float, str]:
         """(latency, how): ``identity`` (0), ``exact`` (a row), or ``interp``; OutsideGridError otherwise."""
         if spec.is_identity:

@@ -2,8 +2,8 @@
 
 :func:`run_verify` draws architectures from the LUT's search space (uniform over the candidates of
 every layer, seeded), adds the published FBNet-A/B/C when the space is ``fbnet`` and the networks given by
-name or file (``VerifyRequest.archs``; the only ones for a channel space such as ``fbnetv2``, whose grid LUT
-predicts by interpolation and gets no calibration), builds each whole
+name or file (``VerifyRequest.archs``). A channel space such as ``fbnetv2`` is sampled over the widths,
+blocks and resolutions its grid LUT covers; such a LUT predicts by interpolation and gets no calibration, builds each whole
 network with :func:`fbprof.build.build_arch`, exports it like the LUT's ops (same format and
 options, content-addressed cache) and measures it on the device with the same loop, backend and
 threads as the LUT. Measuring is interleaved and repeated: every round visits every architecture

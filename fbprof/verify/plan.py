@@ -1,7 +1,7 @@
 """Planning a verify run: which networks (seeded random ones, the published FBNet-A/B/C and networks given
 by name or file), which split each belongs to (calibration or held-out), and the LUT's backend, threads and
-loop. A grid LUT (a channel space, FBNetV2) predicts by interpolation; its networks are given ones only
-(no sampler of channel architectures yet) and no calibration is fitted on it."""
+loop. A grid LUT (a channel space, FBNetV2) predicts by interpolation; its random networks are drawn over
+what its grid covers (:func:`sample_channel_archs`) and no calibration is fitted on it."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fbprof.lut.predict import predict, require_space
 from fbprof.lut.table import Lut, read_lut
 from fbprof.space import Arch, ChannelArch, ChannelSpace, Space, load_arch
 
-__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "published_archs", "given_archs",
+__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "sample_channel_archs", "published_archs", "given_archs",
            "plan_verify", "is_grid", "PUBLISHED", "CALIBRATION", "HELD_OUT"]
 
 PUBLISHED = ("fbnet-a", "fbnet-b", "fbnet-c")
@@ -103,6 +103,42 @@ def sample_archs(space: Space, n: int, seed: int, prefix: str = "rand") -> list[
     return out
 
 
+def sample_channel_archs(space: ChannelSpace, n: int, seed: int, lut: Lut, prefix: str = "rand") -> list[ChannelArch]:
+    """``n`` distinct architectures of a channel space whose every op the grid LUT answers: each layer's
+    block and width, the stem and head widths and the resolution drawn uniformly (seeded); a draw with an
+    op outside the grid (a candidate, size or width the LUT did not measure) or an invalid shape is drawn
+    again, so the networks are uniform over what the LUT covers."""
+    import dataclasses
+
+    rng = random.Random(seed)
+    out: list[ChannelArch] = []
+    seen: set[tuple] = set()
+    tries, why = 0, ""
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * (n + 10):
+            raise InputError(f"only {len(out)} of {n} random {space.name} networks found whose ops the grid of "
+                             f"{lut.path} covers (last miss: {why})",
+                             hint="measure a larger grid, or give the networks with --arch and --samples 0")
+        r = rng.choice(space.resolutions)
+        choice = (r, rng.choice(space.stem_widths), rng.choice(space.head_channels),
+                  tuple(rng.choice(layer.candidates) for layer in space.layers),
+                  tuple(rng.choice(layer.widths) for layer in space.layers))
+        if choice in seen:
+            continue
+        seen.add(choice)
+        r, stem, head, blocks, widths = choice
+        sub = space if len(space.resolutions) == 1 else dataclasses.replace(space, resolutions=(r,))
+        try:
+            arch = sub.arch(blocks, widths, stem, head, name=f"{prefix}-{len(out):03d}")
+            predict(arch, lut)
+        except InputError as e:
+            why = e.message
+            continue
+        out.append(arch)
+    return out
+
+
 def published_archs(space: Space) -> list[Arch]:
     """FBNet-A/B/C at the space's resolution and width, when ``space`` is the FBNet space."""
     if space.name != "fbnet":
@@ -148,11 +184,10 @@ def plan_verify(req: VerifyRequest) -> VerifyPlan:
     loop = req.loop or lut.loop_config()
     grid = is_grid(lut)
     notes: list[str] = []
-    if isinstance(space, ChannelSpace) and req.samples:
-        raise InputError(f"random sampling of {space.name} (a channel space) is not offered yet: give the networks to "
-                         "measure with --arch NAME_OR_FILE (repeatable) and --samples 0",
-                         hint="e.g. --arch fbnetv2-f1 --arch results/search/.../arch-best.yaml")
-    archs = sample_archs(space, req.samples, req.seed)
+    if isinstance(space, ChannelSpace):
+        archs: list = sample_channel_archs(space, req.samples, req.seed, lut)
+    else:
+        archs = sample_archs(space, req.samples, req.seed)
     pub = published_archs(space) if req.published else []
     given = list(req.archs)
     all_archs = archs + pub + given

@@ -1,0 +1,71 @@
+"""The interpolation check of a grid LUT with drift cancelled: each held-out (off-grid) op and the grid rows its
+interpolation reads are measured again, interleaved in the same rounds (as verify measures networks), and the
+interpolation of the same-run corner medians is compared with the same-run held-out median.
+
+``fbprof lut interp-check GRID HELDOUT`` compares rows measured at different times; on a machine whose speed
+drifts between runs (this shared VM: two measurements of the same 20 ops minutes apart differed by a median
+of 3-36%), that comparison measures the drift as much as the interpolation. ``--remeasure`` uses this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+
+from fbprof.artifact import Artifact
+from fbprof.backends import get_backend
+from fbprof.backends.cache import ArtifactCache
+from fbprof.devices.base import Device
+from fbprof.errors import InputError, MeasurementError
+from fbprof.loop import Stats
+from fbprof.lut.interp import GridLut, InterpCheck, OutsideGridError
+from fbprof.lut.table import Lut, LutRow
+from fbprof.profiler.export import export_ops
+from fbprof.spec import OpSpec
+from fbprof.verify.measure import measure_interleaved
+from fbprof.verify.plan import VerifyListener
+
+__all__ = ["interleaved_interp_check"]
+
+
+def interleaved_interp_check(grid: Lut, heldout_keys: list[str], device: Device, cache: ArtifactCache, rounds: int = 3,
+                             seed: int = 0, options: dict | None = None, export_workers: int = 1,
+                             listener: VerifyListener | None = None) -> tuple[InterpCheck, dict[str, list[float]]]:
+    """(check, round medians in µs of every op measured). Held-out ops the grid cannot answer, or that are
+    not inverted residuals, are skipped (listed in the check); ops that fail to export or measure too."""
+    g = GridLut(grid)
+    reads: dict[str, list[str]] = {}
+    skipped: list[tuple[str, str]] = []
+    for key in sorted(set(heldout_keys)):
+        spec = OpSpec.parse(key)
+        if spec.block.kind != "ir":
+            skipped.append((key, "not an inverted residual"))
+            continue
+        try:
+            reads[key] = g.sources(spec)
+        except OutsideGridError as e:
+            skipped.append((key, e.queries[0]))
+    if not reads:
+        raise InputError(f"no held-out op that the grid of {grid.path} can answer")
+    keys = sorted(set(reads) | {k for ks in reads.values() for k in ks})
+    backend = grid.header.get("backend", "")
+    fmt = grid.header.get("format") or get_backend(backend).format
+    exported = export_ops([OpSpec.parse(k) for k in keys], fmt, cache, options, workers=export_workers)
+    artifacts = {k: a for k, a in exported.items() if isinstance(a, Artifact)}
+    failed = {k: a.message for k, a in exported.items() if isinstance(a, MeasurementError)}
+    per_op, _, mfailed, _ = measure_interleaved(device, backend, grid.threads(), grid.loop_config(), artifacts, rounds,
+                                                seed, listener=listener)
+    failed.update(mfailed)
+    now = {k: v for k, v in per_op.items() if v and k not in failed}
+    same_run = dataclasses.replace(grid, rows={k: LutRow(k, "ok", Stats.of(v)) for k, v in now.items()})
+    g_now = GridLut(same_run)
+    rows = []
+    for key, corners in reads.items():
+        missing = [k for k in [key, *corners] if k not in now]
+        if missing:
+            skipped.append((key, f"not measured: {', '.join(missing)} ({failed.get(missing[0], 'failed')})"))
+            continue
+        spec = OpSpec.parse(key)
+        predicted = float(g_now.interpolate(spec.op, spec.stride, spec.h, spec.cin, spec.cout, spec.w))
+        rows.append((key, statistics.median(now[key]), predicted))
+    return InterpCheck(rows, skipped), now
