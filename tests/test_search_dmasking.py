@@ -214,3 +214,32 @@ def test_search_end_to_end_writes_archs_that_predict_reads(grid, tmp_path):
                             "--samples", "0", "--mode", "soft", "--target-ms", "0.5", "-q"])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "t" / "summary.json").read_text())["target_us"] == 500.0
+
+
+def test_an_interrupted_channel_search_resumes_from_its_checkpoint(grid, tmp_path):
+    """One epoch, then the same search with --epochs 2 --resume: it starts at epoch 2 with the saved theta
+    (the first epoch's history is kept, not redone)."""
+    from fbprof.cli import app
+
+    sp_path, lut_path = grid
+    out = tmp_path / "run"
+    base = ["search", "--lut", str(lut_path), "--space", str(sp_path), "--out", str(out), "--data", "digits",
+            "--limit-per-class", "8", "--resolution", "16", "--warmup-epochs", "0", "--min-epoch-steps", "1",
+            "--max-steps", "2", "-b", "8", "--samples", "0", "-q"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*base, "--epochs", "1"])
+    assert r.exit_code == 0, r.output
+    first = json.loads((out / "summary.json").read_text())["per_epoch"]
+    assert len(first) == 1
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    r = runner.invoke(app, [*base[:-1], "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())  # the console wraps long lines
+    assert "resumed from" in said and "1 of 2 epochs done" in said, r.output
+    per_epoch = json.loads((out / "summary.json").read_text())["per_epoch"]
+    assert len(per_epoch) == 2 and per_epoch[0] == first[0]
+    theta_keys = [k for k in saved if k.startswith("theta_")]
+    assert theta_keys, sorted(saved)
+    r = runner.invoke(app, [*base, "--epochs", "2", "--resume"])  # nothing left to do: nothing redone
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "summary.json").read_text())["per_epoch"] == per_epoch

@@ -36,7 +36,6 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +47,7 @@ from fbprof.fileio import atomic_write_text
 from fbprof.lut.interp import GridLut, OutsideGridError
 from fbprof.lut.table import Lut, read_lut
 from fbprof.search.dnas import (EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
-                                _mean, _save_checkpoint, arch_loss, epoch_batches, open_checkpoint,
+                                _mean, _save_checkpoint, arch_loss, epoch_batches, open_checkpoint, restore_checkpoint,
                                 recalibrated_eval, schedule)
 from fbprof.search.supernet import MEMORY_FORMAT, adapt_strides, sample_gumbel, to_device
 from fbprof.space import ChannelArch, ChannelSpace, decode_channel_space, load_space
@@ -427,17 +426,8 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     masks_d = {k: v.to(device) for k, v in masks.items()}
     opt_w = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
     opt_t = torch.optim.Adam([theta[k] for k in KEYS], lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if state_prev is not None and meta_prev is not None:
-        net.load_state_dict(state_prev["supernet"])
-        with torch.no_grad():
-            for k in KEYS:
-                theta[k].copy_(state_prev[f"theta_{k}"].to(device))
-        opt_w.load_state_dict(state_prev["opt_w"])
-        opt_t.load_state_dict(state_prev["opt_theta"])
-        history = list(meta_prev.get("history", []))
-        start = int(meta_prev["epoch_done"])
+    history, start = restore_checkpoint(state_prev, meta_prev, net, {f"theta_{k}": theta[k] for k in KEYS}, opt_w, opt_t)
+    if start:
         lis.on_note(f"resumed from {out}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"

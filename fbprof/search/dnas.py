@@ -38,7 +38,7 @@ from fbprof.space import Space, load_space
 
 __all__ = [
     "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
-    "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
+    "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "restore_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -339,16 +339,8 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     lat_d, mask_d = lat.to(device), mask.to(device)
     opt_w = torch.optim.SGD(net.parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
     opt_t = torch.optim.Adam([theta], lr=cfg.theta_lr, weight_decay=cfg.theta_weight_decay)
-    history: list[dict[str, Any]] = []
-    start = 0
-    if state_prev is not None and meta_prev is not None:
-        net.load_state_dict(state_prev["supernet"])
-        with torch.no_grad():
-            theta.copy_(state_prev["theta"].to(device))
-        opt_w.load_state_dict(state_prev["opt_w"])
-        opt_t.load_state_dict(state_prev["opt_theta"])
-        history = list(meta_prev.get("history", []))
-        start = int(meta_prev["epoch_done"])
+    history, start = restore_checkpoint(state_prev, meta_prev, net, {"theta": theta}, opt_w, opt_t)
+    if start:
         lis.on_note(f"resumed from {ckpt}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"
@@ -600,6 +592,23 @@ def epoch_batches(cfg: SearchConfig, dist, idx, epoch: int, salt: int, passes: i
         sel = dist.shard(sel)
         bs += [sel[b] for b in batches(len(sel), cfg.batch_size, g)]
     return bs[: cfg.max_steps] if cfg.max_steps else bs
+
+
+def restore_checkpoint(state, meta, net, thetas: dict, opt_w, opt_t) -> tuple[list[dict[str, Any]], int]:
+    """Load a checkpoint (``open_checkpoint``'s state and meta; both None: nothing to resume) into the
+    supernet, the architecture parameters (``thetas``: the state's key -> tensor) and both optimisers;
+    returns (history so far, epochs done)."""
+    import torch
+
+    if state is None or meta is None:
+        return [], 0
+    net.load_state_dict(state["supernet"])
+    with torch.no_grad():
+        for name, t in thetas.items():
+            t.copy_(state[name].to(t.device))
+    opt_w.load_state_dict(state["opt_w"])
+    opt_t.load_state_dict(state["opt_theta"])
+    return list(meta.get("history", [])), int(meta["epoch_done"])
 
 
 def arch_loss(cfg: SearchConfig, ce, lat_us, peak_us, target_us: float | None):
