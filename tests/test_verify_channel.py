@@ -115,6 +115,16 @@ def test_plan_samples_channel_archs_the_grid_covers_and_refuses_uncovered_ones(g
     assert [(a.blocks, a.channels) for a in again.archs] == [(a.blocks, a.channels) for a in randoms]  # seeded
     with pytest.raises(InputError, match="random v2verify networks found"):  # more than the tiny space holds
         plan_verify(VerifyRequest(lut_path, device=None, samples=500))
+
+    import fbprof.verify.plan as plan_mod
+
+    def outside(arch, lut):  # a grid that answers no draw of the space (a wider space than it was built for)
+        raise InputError(f"{arch.name}: outside the grid")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan_mod, "predict", outside)
+        with pytest.raises(InputError, match="only 0 of 2 random v2verify networks .*outside the grid"):
+            plan_mod.sample_channel_archs(sp, 2, 0, lut)  # a bounded number of draws, then a clear error
     wide = load_arch(files["c-one"], resolution=32)  # the grid was measured at 16 only
     with pytest.raises(OutsideGridError):
         plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[wide]))

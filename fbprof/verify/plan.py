@@ -113,10 +113,10 @@ def sample_channel_archs(space: ChannelSpace, n: int, seed: int, lut: Lut, prefi
     rng = random.Random(seed)
     out: list[ChannelArch] = []
     seen: set[tuple] = set()
-    tries, why = 0, ""
+    tries, misses, why = 0, 0, ""
     while len(out) < n:
         tries += 1
-        if tries > 200 * (n + 10):
+        if tries > 200 * (n + 10) or misses > 2000:  # a grid that covers little of the space: say so soon
             raise InputError(f"only {len(out)} of {n} random {space.name} networks found whose ops the grid of "
                              f"{lut.path} covers (last miss: {why})",
                              hint="measure a larger grid, or give the networks with --arch and --samples 0")
@@ -133,8 +133,9 @@ def sample_channel_archs(space: ChannelSpace, n: int, seed: int, lut: Lut, prefi
             arch = sub.arch(blocks, widths, stem, head, name=f"{prefix}-{len(out):03d}")
             predict(arch, lut)
         except InputError as e:
-            why = e.message
+            why, misses = e.message, misses + 1
             continue
+        misses = 0
         out.append(arch)
     return out
 
