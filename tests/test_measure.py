@@ -145,17 +145,23 @@ def _rows_in(path):
 def test_interrupted_run_resumes_without_remeasuring(tmp_path, cache_dir, sig):
     out = tmp_path / "tiny.csv"
     env = {**os.environ, "FBPROF_CACHE_DIR": str(cache_dir)}
-    # slow enough per op (0.2 s) that the interruption lands mid-run
-    args = [*fbprof_cmd(), "measure", "--space", "tiny", "--out", str(out), "--min-runs", "5", "--min-time", "0.2",
+    # slow enough per op (0.4 s) that the interruption lands mid-run
+    args = [*fbprof_cmd(), "measure", "--space", "tiny", "--out", str(out), "--min-runs", "5", "--min-time", "0.4",
             "--warmup", "1", "--workers", "1", "-q"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     journal = Journal(out).path
     deadline = time.monotonic() + 120
     while _rows_in(journal) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before 3 rows were journaled:\n" + proc.communicate()[0]
+    rows_at_signal = _rows_in(journal)
     proc.send_signal(sig)
-    output = proc.communicate(timeout=60)[0]
-    assert proc.returncode != 0, output
+    try:
+        output = proc.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode != 0, f"signal sent with {rows_at_signal} rows journaled, the run went on:\n{output}"
     if sig == signal.SIGKILL:
         kept = _rows_in(journal)  # the journal survives a kill
         done_keys = set(Journal(out).read()[1])
