@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -148,7 +149,12 @@ def test_interrupted_run_resumes_without_remeasuring(tmp_path, cache_dir, sig):
     # slow enough per op (0.4 s) that the interruption lands mid-run
     args = [*fbprof_cmd(), "measure", "--space", "tiny", "--out", str(out), "--min-runs", "5", "--min-time", "0.4",
             "--warmup", "1", "--workers", "1", "-q"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as a terminal delivers it: the run starts with SIGINT at its default disposition. A process started
+    # in the background by a non-interactive shell (`cmd &`, as a CI runner may start the suite) inherits SIGINT
+    # *ignored*, and Python then installs no KeyboardInterrupt handler: the signal would be dropped, by design.
+    dfl = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    proc = subprocess.Popen([sys.executable, "-c", dfl, *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     journal = Journal(out).path
     deadline = time.monotonic() + 120
     while _rows_in(journal) < 3 and proc.poll() is None and time.monotonic() < deadline:
