@@ -286,16 +286,24 @@ def select_and_fit(
 
     Rule: the model with the lowest leave-one-out RMSPE, unless a model with fewer parameters is within
     ``tolerance`` (relative) of it (then the one with fewest parameters among those). A model needs at
-    least 3 archs per parameter.
+    least 3 archs per parameter, and is left out when its fit is not physical: a negative scale (a network
+    predicted faster as its ops get slower) or a non-positive latency for one of these archs (a few noisy
+    networks can produce either).
     """
     scores: dict[str, float] = {}
     for m in models:
         if len(archs) < 3 * _nparams(m):
             continue
         sums = [group_sums(a, lut, MODELS[m][1]) for a in archs]
+        whole = fit(sums, measured, m)
+        if any(v < 0 for v in whole.scales.values()) or any(whole.apply_sums(x) <= 0 for x in sums):
+            continue
         scores[m] = _loo_rmspe(sums, measured, m)
-    if not scores:
+    if not scores and len(archs) < 3:
         raise ValueError(f"need at least 3 calibration archs to fit a calibration, got {len(archs)}")
+    if not scores:
+        raise ValueError(f"no calibration model fits these {len(archs)} calibration archs (a fit with a negative "
+                         "scale or a non-positive prediction is refused)")
     best = min(scores, key=lambda m: (scores[m], _nparams(m)))
     simpler = [m for m in scores if _nparams(m) < _nparams(best) and scores[m] <= scores[best] * (1 + tolerance)]
     chosen = min(simpler, key=lambda m: (_nparams(m), scores[m])) if simpler else best
