@@ -5,8 +5,10 @@ the supernet's own Gumbel-softmax (hard mode), the script times, interleaved:
 
 * the child network of that architecture (plain ``build_op`` modules): forward, CE, backward, SGD step;
 * the supernet's weight step in hard mode (sample, run the sampled candidates, backward, SGD step);
-* the supernet's architecture step in hard mode (straight-through sample, latency term, backward into
-  theta through the activations, Adam step);
+* the supernet's architecture step in hard mode, as the search does it by default (``--estimator rloo``:
+  ``--theta-paths`` sampled paths run forward without gradients on the same batch, the score-function
+  surrogate with a leave-one-out baseline, Adam step), and the straight-through step (one sample, latency term,
+  backward into theta through the activations, Adam step);
 * the same two steps in soft mode (every candidate runs, weighted sum), on fewer steps (they are slow).
 
 It prints the medians and the ratios supernet / child (goal: <= 2.0 for the default hard mode) and,
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--soft-steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--theta-paths", type=int, default=4, help="paths per rloo architecture step (the search's default)")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
 
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch import nn
 
     from fbprof.lut.table import read_lut
-    from fbprof.search.dnas import resolve_lut_space
+    from fbprof.search.dnas import SearchConfig, path_log_prob, resolve_lut_space, rloo_step
     from fbprof.search.loss import fbnet_loss, relaxed_latency
     from fbprof.search.supernet import MEMORY_FORMAT, Supernet, build_child, latency_table, proxy_space, sample_gumbel
 
@@ -99,6 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             p.requires_grad_(True)
         return dt
 
+    cfg = SearchConfig(lut=args.lut, theta_paths=args.theta_paths)
+
+    def theta_step_rloo(g) -> float:
+        t0 = time.perf_counter()
+        loss = rloo_step(cfg, lambda: sample_gumbel(theta, mask, tau, True, g),
+                         lambda m, index: (ce_fn(net(x, index=index), y), relaxed_latency(m, lat, fixed)),
+                         lambda index: path_log_prob(theta, mask, index), None, None)[0]
+        opt_t.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_t.step()
+        return time.perf_counter() - t0
+
     def blocks_of(index: list[int]) -> list[str]:
         return [layer.candidates[i] for layer, i in zip(plan.space.layers, index)]
 
@@ -111,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.warmup):
         _, idx = w_step(True, g_w)
         theta_step(True, g_w)
+        theta_step_rloo(g_w)
         c, o = make_child(idx)
         child_step(c, o)
 
-    t_child, t_hw, t_ht = [], [], []
+    t_child, t_hw, t_ht, t_hst = [], [], [], []
     g_hard = torch.Generator().manual_seed(args.seed + 2)
     g_theta = torch.Generator().manual_seed(args.seed + 3)
     for _ in range(args.steps):
@@ -123,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         c, o = make_child(idx)  # ... and its child network runs the same step (construction not timed)
         child_step(c, o)  # first call of a fresh module: untimed warm-up
         t_child.append(child_step(c, o))
-        t_ht.append(theta_step(True, g_theta))
+        t_ht.append(theta_step_rloo(g_theta))
+        t_hst.append(theta_step(True, g_theta))
     t_sw, t_st = [], []
     g_soft = torch.Generator().manual_seed(args.seed + 4)
     for _ in range(args.soft_steps + 1):
@@ -132,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     t_sw, t_st = t_sw[1:], t_st[1:]  # first soft step: warm-up
 
     med = {k: statistics.median(v) for k, v in
-           {"child": t_child, "hard_w": t_hw, "hard_theta": t_ht, "soft_w": t_sw, "soft_theta": t_st}.items()}
-    ratios = {k: med[k] / med["child"] for k in ("hard_w", "hard_theta", "soft_w", "soft_theta")}
+           {"child": t_child, "hard_w": t_hw, "hard_theta": t_ht, "hard_theta_straight_through": t_hst, "soft_w": t_sw,
+            "soft_theta": t_st}.items()}
+    ratios = {k: med[k] / med["child"] for k in ("hard_w", "hard_theta", "hard_theta_straight_through", "soft_w",
+                                                  "soft_theta")}
     ratios["hard_epoch"] = (0.8 * med["hard_w"] + 0.2 * med["hard_theta"]) / med["child"]
     ratios["soft_epoch"] = (0.8 * med["soft_w"] + 0.2 * med["soft_theta"]) / med["child"]
     print(f"space {space.name}@{space.resolution} (LUT {args.lut}), proxy {args.resolution}px "
@@ -141,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {args.batch}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'step':<34}{'median ms':>10}{'ratio':>8}   n")
     rows = [("child network (SGD step)", "child", t_child), ("supernet hard, weights (SGD)", "hard_w", t_hw),
-            ("supernet hard, theta (Adam)", "hard_theta", t_ht), ("supernet soft, weights (SGD)", "soft_w", t_sw),
+            (f"supernet hard, theta rloo x{cfg.theta_paths}", "hard_theta", t_ht),
+            ("supernet hard, theta straight-thr.", "hard_theta_straight_through", t_hst), ("supernet soft, weights (SGD)", "soft_w", t_sw),
             ("supernet soft, theta (Adam)", "soft_theta", t_st)]
     for label, k, v in rows:
         r = "" if k == "child" else f"{ratios[k]:.2f}"
@@ -157,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                "space": f"{space.name}@{space.resolution}", "proxy_resolution": args.resolution,
                "final_feature": list(plan.space.final_hw), "batch": args.batch, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "machine": platform.platform(), "median_s": med,
-               "ratios": ratios, "samples": {"child": t_child, "hard_w": t_hw, "hard_theta": t_ht, "soft_w": t_sw,
+               "ratios": ratios, "theta_paths": cfg.theta_paths,
+               "samples": {"child": t_child, "hard_w": t_hw, "hard_theta": t_ht, "hard_theta_straight_through": t_hst, "soft_w": t_sw,
                                              "soft_theta": t_st}}
         atomic_write_text(Path(args.out), json.dumps(doc, indent=1) + "\n")
     return 0

@@ -14,14 +14,14 @@ import json, sys, math
 from pathlib import Path
 import torch
 from fbprof.lut.table import read_lut
-from fbprof.search.dnas import SearchConfig, resolve_lut_space, _load_checkpoint
+from fbprof.search.dnas import SearchConfig, resolve_lut_space, load_checkpoint
 from fbprof.search.data import load_data, stratified_split
 from fbprof.search.loss import relaxed_latency, fbnet_loss
 from fbprof.search.supernet import Supernet, latency_table, proxy_space, sample_gumbel, to_device, MEMORY_FORMAT
 
 run = Path(sys.argv[1]); K = int(sys.argv[2]) if len(sys.argv) > 2 else 64
 hard = not (len(sys.argv) > 3 and sys.argv[3] == "soft")
-state, meta = _load_checkpoint(run / "checkpoint.pt")
+state, meta = load_checkpoint(run / "checkpoint.pt")
 c = meta["config"]
 cfg = SearchConfig(**{k: v for k, v in c.items() if k in SearchConfig.__dataclass_fields__})
 torch.manual_seed(0); torch.set_num_threads(2)

@@ -372,3 +372,101 @@ def test_cli_reports_bad_input_cleanly(tiny_lut, tmp_path):
 
     res = CliRunner().invoke(app, ["search", "--lut", str(tiny_lut), "--mode", "fuzzy", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "--mode must be one of hard, soft" in res.output
+    res = CliRunner().invoke(app, ["search", "--lut", str(tiny_lut), "--estimator", "guess", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "--estimator must be one of rloo, straight-through" in res.output
+    assert "Traceback" not in res.output
+
+
+# ---------------------------------------------------------------------------------------------------
+# the architecture gradient of hard mode: score function with a leave-one-out baseline (issue 11)
+def _cfg_plain():
+    from fbprof.search.dnas import SearchConfig
+
+    return SearchConfig(lut="unused.csv", alpha=1.0, beta=1.0)
+
+
+def test_rloo_gradient_is_the_leave_one_out_score_function():
+    from fbprof.search.dnas import path_log_prob, rloo_loss
+
+    cfg = _cfg_plain()
+    theta = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.5, -0.4]], requires_grad=True)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    paths = [[0, 1], [2, 1], [1, 0]]
+    ces = torch.tensor([1.0, 2.0, 4.0])
+    lats = torch.full((3,), math.e)  # log(LAT) = 1: L = CE * alpha * 1**beta = CE
+    logps = torch.stack([path_log_prob(theta, mask, p) for p in paths])
+    surrogate, value = rloo_loss(cfg, ces, lats, logps, None, None)
+    surrogate.backward()
+    # by hand: advantages L_k - mean(others) = 1-3, 2-2.5, 4-1.5; grad = mean_k adv_k * grad log p(path_k)
+    want = torch.zeros(2, 3)
+    p = torch.softmax(theta.detach(), dim=-1)
+    for adv, path in zip([-2.0, -0.5, 2.5], paths):
+        for layer, i in enumerate(path):
+            want[layer] += adv * (torch.nn.functional.one_hot(torch.tensor(i), 3).float() - p[layer]) / 3
+    assert torch.allclose(theta.grad, want, atol=1e-6)
+    assert float(value) == pytest.approx(7 / 3)
+
+
+def test_rloo_ignores_a_loss_every_path_shares_and_lowers_the_worse_paths():
+    from fbprof.search.dnas import path_log_prob, rloo_loss
+
+    cfg = _cfg_plain()
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    theta = torch.zeros(1, 3, requires_grad=True)
+    logps = torch.stack([path_log_prob(theta, mask, [i]) for i in (0, 1, 2)])
+    rloo_loss(cfg, torch.full((3,), 5.0), torch.full((3,), math.e), logps, None, None)[0].backward()
+    assert torch.allclose(theta.grad, torch.zeros(1, 3))  # a hard batch raises every path's CE alike: no signal
+    theta.grad = None
+    logps = torch.stack([path_log_prob(theta, mask, [i]) for i in (0, 1, 2)])
+    rloo_loss(cfg, torch.tensor([1.0, 2.0, 3.0]), torch.full((3,), math.e), logps, None, None)[0].backward()
+    g = theta.grad[0]
+    assert g[0] < 0 < g[2]  # descent raises the best path's logit and lowers the worst's
+
+
+def test_rloo_is_an_unbiased_estimate_of_the_expected_loss_gradient():
+    """Averaged over many steps, the estimate matches the exact gradient of E[L] = sum_i p_i L_i (what the
+    straight-through estimate does not do in hard mode: it sees only the sampled candidate's output scale)."""
+    from fbprof.search.dnas import path_log_prob, rloo_loss
+    from fbprof.search.supernet import sample_gumbel
+
+    cfg = _cfg_plain()
+    losses = torch.tensor([1.0, 2.0, 0.5, 3.0])
+    theta0 = torch.tensor([[0.2, -0.3, 0.0, 0.4]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    th = theta0.clone().requires_grad_(True)
+    (torch.softmax(th, -1)[0] * losses).sum().backward()
+    exact = th.grad[0]
+    gen = torch.Generator().manual_seed(0)
+    total, n = torch.zeros(4), 3000
+    for _ in range(n):
+        theta = theta0.clone().requires_grad_(True)
+        idx = [sample_gumbel(theta0, mask, 1.0, True, gen)[1] for _ in range(4)]
+        logps = torch.stack([path_log_prob(theta, mask, i) for i in idx])
+        ces = torch.stack([losses[i[0]] for i in idx])
+        rloo_loss(cfg, ces, torch.full((4,), math.e), logps, None, None)[0].backward()
+        total += theta.grad[0]
+    est = total / n
+    assert torch.nn.functional.cosine_similarity(est, exact, dim=0) > 0.99
+    assert float((est - exact).norm() / exact.norm()) < 0.1
+
+
+def test_straight_through_estimator_is_still_available(tiny_lut, image_folder, tmp_path):
+    from fbprof.search.dnas import run_search
+
+    res = run_search(_config(tiny_lut, image_folder, tmp_path / "st", epochs=2, warmup_epochs=1, max_steps=2,
+                             estimator="straight-through"))
+    assert res.proxy["theta_gradient"].startswith("straight-through")
+    assert res.history[-1]["theta_steps"] == 2
+
+
+def test_default_schedule_counts_weight_steps():
+    """Without --epochs: about 2,000 weight steps, at least 5 epochs, half of them weights only
+    (digits: 8 epochs of 280 steps; CIFAR-10: 5 of 1,250)."""
+    from fbprof.search.dnas import SearchConfig, _Dist, schedule
+
+    cfg = SearchConfig(lut="unused.csv")
+    dist = _Dist(cfg)
+    digits = schedule(cfg, dist, torch.arange(1151), torch.arange(287))
+    cifar = schedule(cfg, dist, torch.arange(40000), torch.arange(10000))
+    assert digits == (8, 280, 9, 8, 4)  # passes, w steps per epoch, theta passes, epochs, warm-up
+    assert cifar == (1, 1250, 1, 5, 2)

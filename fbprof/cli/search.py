@@ -33,7 +33,7 @@ def search(
     limit_per_class: Optional[int] = typer.Option(None, "--limit-per-class", min=1, help="use the first N training images of every class (quick runs)"),
     resolution: int = typer.Option(32, "--resolution", "-r", min=8, help="proxy training resolution (strides adapted, see docs)"),
     min_feature: int = typer.Option(2, "--min-feature", min=1, help="smallest final feature map of the proxy network"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="default: enough for 2000 weight steps, at least 3 (an epoch is at least 250 weight steps)"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="default: enough for 2000 weight steps, at least 5 (an epoch is at least 250 weight steps)"),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="epochs training the weights only (default: half the epochs)"),
     batch_size: int = typer.Option(32, "--batch-size", "-b", min=2),
     w_lr: float = typer.Option(0.02, "--lr", help="SGD learning rate of the weights (1 epoch warm-up, then cosine)"),
@@ -45,6 +45,9 @@ def search(
     target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget: loss CE + lambda * (log(LAT/T)^2 + log(LAT_peak/T)^2), see docs/search.md"),
     target_weight: float = typer.Option(2.0, "--target-weight", help="lambda of the target penalty"),
     mode: str = typer.Option("hard", "--mode", help="hard: run the sampled candidate only; soft: weighted sum of all"),
+    estimator: str = typer.Option("rloo", "--estimator", help="hard mode's architecture gradient: rloo (score function over "
+                                  "--theta-paths paths, leave-one-out baseline) or straight-through (see docs/search.md)"),
+    theta_paths: int = typer.Option(4, "--theta-paths", min=2, help="rloo: paths sampled per architecture step (same batch)"),
     samples: int = typer.Option(5, "--samples", "-k", min=0, help="architectures sampled from the final distribution"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
@@ -66,7 +69,7 @@ def search(
         lut=str(lut), out=str(out), space=space, lut_resolution=lut_resolution, width=width, head_channels=head_channels,
         data=data, limit_per_class=limit_per_class, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
         batch_size=batch_size, w_lr=w_lr, theta_lr=theta_lr, tau0=tau0, tau_decay=tau_decay, alpha=alpha, beta=beta,
-        target_ms=target_ms, target_weight=target_weight, mode=mode, samples=samples, seed=seed, device=device,
+        target_ms=target_ms, target_weight=target_weight, mode=mode, estimator=estimator, theta_paths=theta_paths, samples=samples, seed=seed, device=device,
         max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume,
     )
     listener = SearchProgress(level < 0 or json_out)
@@ -130,7 +133,8 @@ class SearchProgress(SearchListener):
             err_console.print(
                 f"LUT {info['lut']} ({info['device_name']} / {info['backend']}), space {info['lut_space']}, "
                 f"{info['layers']} searched layers\nproxy {info['proxy']}; {info['data']}; "
-                f"{info['w_images']} images for w, {info['theta_images']} for theta; mode {info['mode']}; "
+                f"{info['w_images']} images for w, {info['theta_images']} for theta; mode {info['mode']} "
+                f"(theta: {info.get('theta_gradient', '?')}); "
                 f"{info['epochs']} epochs ({info['warmup_epochs']} weights only) of {info['w_steps_per_epoch']} weight steps"
                 + (f"; target {info['target_us'] / 1000:.3f} ms" if info.get("target_us") else "")
                 + (f"; {info['world_size']} processes" if info.get("world_size", 1) > 1 else "")

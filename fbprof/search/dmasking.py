@@ -12,7 +12,7 @@ The supernet (:class:`MaskedSupernet`):
   ``M_l = sum_i g_l,i * mask_i`` where ``mask_i`` keeps the first ``c_i`` channels and ``g_l`` are the
   Gumbel-softmax weights over the layer's width options -- one convolution whatever the number of options;
 * the **block type** of a layer (where the space offers several) is chosen as in FBNet's DNAS: ``hard`` runs the
-  sampled block only (straight-through), ``soft`` sums every block weighted by its Gumbel-softmax weight;
+  sampled block only, ``soft`` sums every block weighted by its Gumbel-softmax weight;
 * the stem's width is searched the same way (a mask on the stem's output);
 * the **input resolution**: the proxy network always runs at the largest proxy size ``R``; resolution option
   ``r`` is the image resampled to ``R * r / r_max`` pixels (bilinear, antialiased) and back up to ``R``
@@ -26,8 +26,11 @@ The latency term (:class:`LatencyModel`) propagates effective shapes: the expect
 ``GridLut.interpolate(block, stride, h_r, E[c_l-1], E[c_l])`` (bilinear in cin x cout, differentiable in both),
 weighted by the block's weight; skips (measured exactly at every shape) are ``g_l-1^T LUT g_l``; stem and head
 read their exact rows weighted by the stem's / the last layer's width weights; everything is computed per
-resolution option at that option's spatial sizes and weighted by ``rho``. With hard (one-hot, straight-through)
-weights the value is exactly the sampled architecture's interpolated latency; the gradient reaches every theta.
+resolution option at that option's spatial sizes and weighted by ``rho``. With hard (one-hot) weights the value is
+exactly the sampled architecture's interpolated latency. theta's gradient in hard mode is that of the FBNet
+search (``cfg.estimator``): by default the score function of ``cfg.theta_paths`` sampled architectures (block,
+width, stem width and resolution together) on one batch with a leave-one-out baseline (:func:`fbprof.search.dnas.rloo_loss`);
+with ``straight-through`` the gradient of the soft weights reaches every theta through the latency model.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from fbprof.fileio import atomic_write_text
 from fbprof.lut.interp import GridLut, OutsideGridError
 from fbprof.lut.table import Lut, read_lut
 from fbprof.search.dnas import (EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
-                                _mean, _save_checkpoint, arch_loss, epoch_batches, open_checkpoint, restore_checkpoint,
+                                _mean, _save_checkpoint, arch_loss, epoch_batches, path_log_prob, rloo_step, theta_gradient, open_checkpoint, restore_checkpoint,
                                 recalibrated_eval, schedule)
 from fbprof.search.supernet import MEMORY_FORMAT, adapt_strides, sample_gumbel, to_device
 from fbprof.space import ChannelArch, ChannelSpace, decode_channel_space, load_space
@@ -431,6 +434,7 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         lis.on_note(f"resumed from {out}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"
+    rloo = hard and cfg.estimator == "rloo"
     ce_fn = nn.CrossEntropyLoss()
     info = {
         "lut": str(cfg.lut), "device_name": lut.header.get("device", "?"), "backend": lut.header.get("backend", "?"),
@@ -438,6 +442,7 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         "proxy": f"{proxy.resolution}px (the largest resolution option {max(plan.resolutions)})"
                  + (f", strides of {', '.join(dropped)} set to 1" if dropped else ""),
         "data": data.describe(), "layers": len(space.layers), "mode": cfg.mode, "search": "dmasking",
+        "theta_gradient": theta_gradient(cfg),
         "resolutions": list(plan.resolutions), "candidates": [list(c) for c in plan.candidates],
         "w_images": len(w_idx), "theta_images": len(t_idx), "epochs": epochs, "warmup_epochs": warmup,
         "w_steps_per_epoch": w_steps if not cfg.max_steps else min(w_steps, cfg.max_steps),
@@ -486,17 +491,25 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
                 p.requires_grad_(False)
             for si, b in enumerate(tb):
                 x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
-                wt, index = sample_choices(theta, masks_d, tau, hard, gen)
-                ce = ce_fn(net(x, wt, index if hard else None), y)
-                lat_us = model(wt)
                 peak_us = model(_softmax(theta, masks_d, PEAK_TAU)) if target_us is not None else None
-                loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
+                if rloo:
+                    loss, loss_value, ce, lat_us = rloo_step(
+                        cfg, lambda: sample_choices(theta, masks_d, tau, True, gen),
+                        lambda wt, index: (ce_fn(net(x, wt, index), y), model(wt)),
+                        lambda index: sum(path_log_prob(theta[k], masks_d[k], index[k]) for k in KEYS),
+                        peak_us, target_us)
+                else:
+                    wt, index = sample_choices(theta, masks_d, tau, hard, gen)
+                    ce = ce_fn(net(x, wt, index if hard else None), y)
+                    lat_us = model(wt)
+                    loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
+                    loss_value = loss
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta[k] for k in KEYS])
                 opt_t.step()
                 t_ce.append(float(ce.detach()))
-                t_loss.append(float(loss.detach()))
+                t_loss.append(float(loss_value.detach()))
                 t_lat.append(float(lat_us.detach()))
                 lis.on_step("theta", si + 1, len(tb), t_ce[-1], t_lat[-1])
             for p in w_params:

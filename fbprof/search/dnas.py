@@ -9,9 +9,12 @@ rate, plain cross-entropy: the latency factor is a per-step constant for w), the
 parameters theta on the 20% (Adam, the latency-aware loss). The first ``warmup_epochs`` train w only.
 The Gumbel-softmax temperature is ``tau0 * exp(-tau_decay * epoch)``.
 
-Modes: ``hard`` (default) samples one candidate per layer and runs only that one (straight-through
-Gumbel-softmax: a step costs about one child network); ``soft`` runs every candidate and sums their
-outputs weighted by the Gumbel-softmax weights (the paper's formulation).
+Modes: ``hard`` (default) samples one candidate per layer and runs only that one (a weight step costs about
+one child network); ``soft`` runs every candidate and sums their outputs weighted by the Gumbel-softmax weights
+(the paper's formulation). In hard mode theta's gradient is by default the score function of ``--theta-paths``
+paths run on one batch with a leave-one-out baseline (:func:`rloo_loss`; ``estimator="rloo"``), else the
+straight-through Gumbel-softmax gradient (``estimator="straight-through"``; docs/search.md says why it is not
+the default).
 
 Files in ``out``: ``checkpoint.pt`` (tensors and state dicts only, plus the run's metadata as a JSON
 string; read back with ``torch.load(weights_only=True)``) and ``checkpoint.json`` (the same metadata,
@@ -39,19 +42,26 @@ from fbprof.space import Space, load_space
 __all__ = [
     "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
     "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "restore_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
+    "sample_loss", "rloo_loss", "rloo_step", "path_log_prob", "theta_gradient", "ESTIMATORS", "load_checkpoint",
 ]
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_META = "checkpoint.json"
 MODES = ("hard", "soft")
+#: how a hard-mode search estimates the architecture gradient (docs/search.md, "Architecture gradient")
+ESTIMATORS = ("rloo", "straight-through")
 #: fields that may change between a run and its --resume
 #: target mode: temperature of the near-one-hot softmax(theta / PEAK_TAU) whose latency stands for the most
 #: likely architecture's in the second penalty term
 PEAK_TAU = 0.1
+#: settings added after checkpoints were first written, with the value every older checkpoint was made with
+LEGACY_SETTINGS = {"estimator": "straight-through", "theta_paths": 4}
 RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps"}
 #: default length of a search, in weight steps (``--epochs`` not given): enough for the supernet's CE to fall
 #: well below chance on the digits and on CIFAR-10 (docs/search.md, "Schedule")
 AUTO_W_STEPS = 2000
+#: ``--epochs`` not given: at least this many epochs (CIFAR-10's 1,250-step epochs: 5, 2 of them warm-up)
+MIN_EPOCHS = 5
 #: an epoch has at least this many weight steps (small datasets are cycled): a per-epoch schedule of tau,
 #: warm-up and checkpoints then means the same on 1,000 images as on 50,000
 MIN_EPOCH_W_STEPS = 250
@@ -89,6 +99,8 @@ class SearchConfig:
     target_ms: float | None = None
     target_weight: float = 2.0
     mode: str = "hard"
+    estimator: str = "rloo"  # hard mode: rloo (score function, leave-one-out baseline) or straight-through
+    theta_paths: int = 4  # rloo: paths sampled per architecture step, all on the same batch
     samples: int = 5
     seed: int = 0
     device: str = "cpu"
@@ -101,6 +113,10 @@ class SearchConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise InputError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.estimator not in ESTIMATORS:
+            raise InputError(f"--estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
+        if self.theta_paths < 2:
+            raise InputError(f"--theta-paths must be >= 2 (the leave-one-out baseline needs two), got {self.theta_paths}")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InputError(f"--device must be cpu or cuda, got {self.device!r}")
         for name in ("epochs", "batch_size", "resolution", "min_feature", "limit_per_class", "min_epoch_steps",
@@ -265,7 +281,8 @@ def _save_checkpoint(out: Path, state: dict, meta: dict) -> None:
     atomic_write_text(out / CHECKPOINT_META, json.dumps(meta, indent=1) + "\n")
 
 
-def _load_checkpoint(path: Path) -> tuple[dict, dict]:
+def load_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(state, metadata) of a search checkpoint (tensors only: ``torch.load(weights_only=True)``)."""
     import torch
 
     try:
@@ -344,6 +361,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         lis.on_note(f"resumed from {ckpt}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"
+    rloo = hard and cfg.estimator == "rloo"
     ce_fn = nn.CrossEntropyLoss()
     info = {
         "lut": str(cfg.lut), "device_name": lut.header.get("device", "?"), "backend": lut.header.get("backend", "?"),
@@ -351,6 +369,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         "proxy": f"{proxy.resolution}px, final {proxy.final_hw[0]}x{proxy.final_hw[1]}"
                  + (f", strides of {', '.join(plan.dropped)} set to 1" if plan.dropped else ""),
         "data": data.describe(), "layers": len(lut_space.layers), "mode": cfg.mode,
+        "theta_gradient": theta_gradient(cfg),
         "w_images": len(w_idx), "theta_images": len(t_idx), "epochs": epochs, "warmup_epochs": warmup,
         "w_steps_per_epoch": w_steps if not cfg.max_steps else min(w_steps, cfg.max_steps),
         "start_epoch": start, "world_size": dist.world, "target_us": target_us, "fixed_us": fixed_us,
@@ -403,21 +422,28 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                 p.requires_grad_(False)
             for si, b in enumerate(tb):
                 x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
-                m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
-                logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
-                ce = ce_fn(logits, y)
-                lat_us = relaxed_latency(m, lat_d, fixed_us)
                 peak_us = None
                 if target_us is not None:
                     peak = torch.softmax((theta / PEAK_TAU).masked_fill(~mask_d, float("-inf")), dim=-1)
                     peak_us = relaxed_latency(peak, lat_d, fixed_us)
-                loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
+                if rloo:
+                    loss, loss_value, ce, lat_us = rloo_step(
+                        cfg, lambda: sample_gumbel(theta, mask_d, tau, True, gen),
+                        lambda m, index: (ce_fn(net(x, index=index), y), relaxed_latency(m, lat_d, fixed_us)),
+                        lambda index: path_log_prob(theta, mask_d, index), peak_us, target_us)
+                else:
+                    m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
+                    logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
+                    ce = ce_fn(logits, y)
+                    lat_us = relaxed_latency(m, lat_d, fixed_us)
+                    loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
+                    loss_value = loss
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta])
                 opt_t.step()
                 t_ce.append(float(ce.detach()))
-                t_loss.append(float(loss.detach()))
+                t_loss.append(float(loss_value.detach()))
                 t_lat.append(float(lat_us.detach()))
                 lis.on_step("theta", si + 1, len(tb), t_ce[-1], t_lat[-1])
             for p in w_params:
@@ -557,8 +583,9 @@ def open_checkpoint(cfg: SearchConfig) -> tuple[dict | None, dict | None]:
                          hint="add --resume to continue it, or choose another --out (or delete the folder)")
     if not (cfg.resume and ckpt.exists()):
         return None, None
-    state_prev, meta_prev = _load_checkpoint(ckpt)
-    old = meta_prev.get("config", {})
+    state_prev, meta_prev = load_checkpoint(ckpt)
+    # a checkpoint from before a setting existed was made with that setting's old behaviour
+    old = {**LEGACY_SETTINGS, **meta_prev.get("config", {})}
     diffs = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in cfg.identity().items() if old.get(k) != v]
     if diffs:
         raise InputError(f"{ckpt} was made by a different search; cannot resume with these settings:\n  "
@@ -574,7 +601,7 @@ def schedule(cfg: SearchConfig, dist, w_idx, t_idx) -> tuple[int, int, int, int,
     reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
     w_steps = per_pass * reps
     t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
-    epochs = cfg.epochs if cfg.epochs is not None else max(3, math.ceil(cfg.auto_w_steps / w_steps))
+    epochs = cfg.epochs if cfg.epochs is not None else max(MIN_EPOCHS, math.ceil(cfg.auto_w_steps / w_steps))
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
     return reps, w_steps, t_reps, epochs, warmup
 
@@ -612,16 +639,81 @@ def restore_checkpoint(state, meta, net, thetas: dict, opt_w, opt_t) -> tuple[li
 
 
 def arch_loss(cfg: SearchConfig, ce, lat_us, peak_us, target_us: float | None):
-    """The architecture step's loss: FBNet's ``CE * alpha * log(LAT)^beta``, or with a target
-    ``CE + lambda * (log(LAT/T)^2 + log(LAT_peak/T)^2)`` (``peak_us``: the latency at softmax(theta / PEAK_TAU))."""
+    """The architecture step's loss: :func:`sample_loss` (FBNet's ``CE * alpha * log(LAT)^beta``, or with a target
+    ``CE + lambda * log(LAT/T)^2``) plus, with a target, ``lambda * log(LAT_peak/T)^2`` (``peak_us``: the latency
+    at softmax(theta / PEAK_TAU))."""
     import torch
 
+    loss = sample_loss(cfg, ce, lat_us, target_us)
+    if target_us is not None:
+        loss = loss + cfg.target_weight * torch.log(peak_us / target_us) ** 2
+    return loss
+
+
+def sample_loss(cfg: SearchConfig, ce, lat_us, target_us: float | None):
+    """The per-architecture part of the architecture loss: FBNet's ``CE * alpha * log(LAT)^beta``, or
+    ``CE + lambda * log(LAT/T)^2`` with a target (elementwise over sampled paths)."""
     from fbprof.search.loss import fbnet_loss, target_loss
 
     if target_us is not None:
-        return target_loss(ce, lat_us, target_us, cfg.target_weight) \
-            + cfg.target_weight * torch.log(peak_us / target_us) ** 2
+        return target_loss(ce, lat_us, target_us, cfg.target_weight)
     return fbnet_loss(ce, lat_us, cfg.alpha, cfg.beta)
+
+
+def path_log_prob(theta, mask, index: list[int]):
+    """``log p(path)`` under softmax(theta) per layer, differentiable in theta."""
+    import torch
+
+    logp = torch.log_softmax(theta.masked_fill(~mask, float("-inf")), dim=-1)
+    return logp[torch.arange(len(index), device=theta.device), torch.tensor(index, device=theta.device)].sum()
+
+
+def rloo_loss(cfg: SearchConfig, ces, lats, logps, peak_us, target_us: float | None):
+    """(surrogate, value) of an architecture step from K paths sampled from softmax(theta) and run on the same
+    batch: ``ces``, ``lats`` (K, no gradient), ``logps`` (K, differentiable ``log p(path)``). The surrogate's
+    gradient is the score-function estimate of the gradient of ``E[L(path)]`` with a leave-one-out baseline
+    (``L_k - mean of the other paths' L``): unbiased, every candidate compared through the loss itself (CE and
+    latency alike, in the loss's own proportions), and the batch's difficulty cancels. With a target the peak
+    term is added as is (a differentiable function of theta). ``value``: the mean sampled loss (reported)."""
+    import torch
+
+    losses = sample_loss(cfg, ces, lats, target_us).detach()
+    k = losses.numel()
+    adv = losses - (losses.sum() - losses) / (k - 1)
+    surrogate = (adv * logps).sum() / k
+    value = losses.mean()
+    if target_us is not None:
+        peak = cfg.target_weight * torch.log(peak_us / target_us) ** 2
+        surrogate, value = surrogate + peak, value + peak.detach()
+    return surrogate, value
+
+
+def rloo_step(cfg: SearchConfig, sample, evaluate, log_prob, peak_us, target_us: float | None):
+    """One rloo architecture step's (surrogate, value, mean CE, mean latency): ``cfg.theta_paths`` times
+    ``sample()`` -> (one-hot weights, index) and ``evaluate(weights, index)`` -> (CE, latency) without gradients,
+    ``log_prob(index)`` with; then :func:`rloo_loss`. Shared by both searches (and the step benchmark)."""
+    import torch
+
+    ces, lats, logps = [], [], []
+    for _ in range(cfg.theta_paths):
+        with torch.no_grad():
+            weights, index = sample()
+            ce, lat = evaluate(weights, index)
+        ces.append(ce)
+        lats.append(lat)
+        logps.append(log_prob(index))
+    ces_t, lats_t = torch.stack(ces), torch.stack(lats)
+    loss, value = rloo_loss(cfg, ces_t, lats_t, torch.stack(logps), peak_us, target_us)
+    return loss, value, ces_t.mean(), lats_t.mean()
+
+
+def theta_gradient(cfg: SearchConfig) -> str:
+    """How theta's gradient is estimated, in words (reported at the start and in summary.json)."""
+    if cfg.mode != "hard":
+        return "soft Gumbel-softmax weights (every candidate runs; pathwise gradient)"
+    if cfg.estimator == "rloo":
+        return f"score function, {cfg.theta_paths} paths per step on one batch, leave-one-out baseline"
+    return "straight-through Gumbel-softmax (one path per step)"
 
 
 def theta_entropy(theta, mask) -> float:
