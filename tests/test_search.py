@@ -193,6 +193,27 @@ def test_resume_continues_and_guards(tiny_lut, image_folder, tmp_path):
     assert len(rec.steps) == 4  # only epoch 3 ran: 2 w steps + 2 theta steps
 
 
+def test_checkpoint_from_before_the_estimator_resumes_as_straight_through(tiny_lut, image_folder, tmp_path):
+    """A checkpoint written before --estimator existed (no such key in its settings) was made with the
+    straight-through estimator: resuming it with the new default is refused, with straight-through it continues."""
+    from fbprof.errors import InputError
+    from fbprof.search.dnas import run_search
+
+    out = tmp_path / "old"
+    run_search(_config(tiny_lut, image_folder, out, epochs=1, max_steps=2, estimator="straight-through"))
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    meta = json.loads(state["meta_json"])
+    for key in ("estimator", "theta_paths"):  # what an older fbprof wrote
+        del meta["config"][key]
+    state["meta_json"] = json.dumps(meta)
+    torch.save(state, out / "checkpoint.pt")
+    with pytest.raises(InputError, match="estimator: 'straight-through' there, 'rloo' now"):
+        run_search(_config(tiny_lut, image_folder, out, epochs=2, max_steps=2, resume=True))
+    again = run_search(_config(tiny_lut, image_folder, out, epochs=2, max_steps=2, resume=True,
+                               estimator="straight-through"))
+    assert [r["epoch"] for r in again.history] == [1, 2]
+
+
 def test_hard_mode_runs_only_the_sampled_candidate(tiny_lut):
     """One child network's worth of candidates per step in hard mode; all of them in soft mode."""
     from fbprof.lut.table import read_lut

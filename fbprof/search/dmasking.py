@@ -50,7 +50,7 @@ from fbprof.fileio import atomic_write_text
 from fbprof.lut.interp import GridLut, OutsideGridError
 from fbprof.lut.table import Lut, read_lut
 from fbprof.search.dnas import (EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
-                                _mean, _save_checkpoint, arch_loss, epoch_batches, path_log_prob, rloo_step, theta_gradient, open_checkpoint, restore_checkpoint,
+                                _mean, _save_checkpoint, arch_step, epoch_batches, path_log_prob, theta_gradient, open_checkpoint, restore_checkpoint,
                                 recalibrated_eval, schedule)
 from fbprof.search.supernet import MEMORY_FORMAT, adapt_strides, sample_gumbel, to_device
 from fbprof.space import ChannelArch, ChannelSpace, decode_channel_space, load_space
@@ -434,7 +434,6 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         lis.on_note(f"resumed from {out}: {start} of {epochs} epochs done")
 
     hard = cfg.mode == "hard"
-    rloo = hard and cfg.estimator == "rloo"
     ce_fn = nn.CrossEntropyLoss()
     info = {
         "lut": str(cfg.lut), "device_name": lut.header.get("device", "?"), "backend": lut.header.get("backend", "?"),
@@ -492,18 +491,11 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
             for si, b in enumerate(tb):
                 x, y = to_device(data.x_train[b], device), data.y_train[b].to(device)
                 peak_us = model(_softmax(theta, masks_d, PEAK_TAU)) if target_us is not None else None
-                if rloo:
-                    loss, loss_value, ce, lat_us = rloo_step(
-                        cfg, lambda: sample_choices(theta, masks_d, tau, True, gen),
-                        lambda wt, index: (ce_fn(net(x, wt, index), y), model(wt)),
-                        lambda index: sum(path_log_prob(theta[k], masks_d[k], index[k]) for k in KEYS),
-                        peak_us, target_us)
-                else:
-                    wt, index = sample_choices(theta, masks_d, tau, hard, gen)
-                    ce = ce_fn(net(x, wt, index if hard else None), y)
-                    lat_us = model(wt)
-                    loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
-                    loss_value = loss
+                loss, loss_value, ce, lat_us = arch_step(
+                    cfg, lambda: sample_choices(theta, masks_d, tau, hard, gen),
+                    lambda wt, index: (ce_fn(net(x, wt, index if hard else None), y), model(wt)),
+                    lambda index: sum(path_log_prob(theta[k], masks_d[k], index[k]) for k in KEYS),
+                    peak_us, target_us)
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta[k] for k in KEYS])

@@ -42,7 +42,7 @@ from fbprof.space import Space, load_space
 __all__ = [
     "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
     "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "restore_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
-    "sample_loss", "rloo_loss", "rloo_step", "path_log_prob", "theta_gradient", "ESTIMATORS", "load_checkpoint",
+    "sample_loss", "arch_step", "rloo_loss", "rloo_step", "path_log_prob", "theta_gradient", "ESTIMATORS", "load_checkpoint",
 ]
 
 CHECKPOINT = "checkpoint.pt"
@@ -426,18 +426,12 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
                 if target_us is not None:
                     peak = torch.softmax((theta / PEAK_TAU).masked_fill(~mask_d, float("-inf")), dim=-1)
                     peak_us = relaxed_latency(peak, lat_d, fixed_us)
-                if rloo:
-                    loss, loss_value, ce, lat_us = rloo_step(
-                        cfg, lambda: sample_gumbel(theta, mask_d, tau, True, gen),
-                        lambda m, index: (ce_fn(net(x, index=index), y), relaxed_latency(m, lat_d, fixed_us)),
-                        lambda index: path_log_prob(theta, mask_d, index), peak_us, target_us)
-                else:
-                    m, index = sample_gumbel(theta, mask_d, tau, hard, gen)
-                    logits = net(x, weights=m, index=index) if hard else net(x, weights=m)
-                    ce = ce_fn(logits, y)
-                    lat_us = relaxed_latency(m, lat_d, fixed_us)
-                    loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
-                    loss_value = loss
+                loss, loss_value, ce, lat_us = arch_step(
+                    cfg, lambda: sample_gumbel(theta, mask_d, tau, hard, gen),
+                    # rloo runs the sampled path as is; straight-through scales it by m (value 1) for the gradient
+                    lambda m, index: (ce_fn(net(x, weights=None if rloo else m, index=index if hard else None), y),
+                                      relaxed_latency(m, lat_d, fixed_us)),
+                    lambda index: path_log_prob(theta, mask_d, index), peak_us, target_us)
                 opt_t.zero_grad(set_to_none=True)
                 loss.backward()
                 dist.average_grads([theta])
@@ -705,6 +699,19 @@ def rloo_step(cfg: SearchConfig, sample, evaluate, log_prob, peak_us, target_us:
     ces_t, lats_t = torch.stack(ces), torch.stack(lats)
     loss, value = rloo_loss(cfg, ces_t, lats_t, torch.stack(logps), peak_us, target_us)
     return loss, value, ces_t.mean(), lats_t.mean()
+
+
+def arch_step(cfg: SearchConfig, sample, evaluate, log_prob, peak_us, target_us: float | None):
+    """One architecture step's (loss to back-propagate, value, CE, latency), the same for both searches: with the
+    rloo estimator :func:`rloo_step` (``sample()`` then draws hard paths); otherwise one ``sample()`` ->
+    (weights, index) evaluated with gradients (straight-through in hard mode, pathwise in soft mode) and
+    :func:`arch_loss`."""
+    if cfg.mode == "hard" and cfg.estimator == "rloo":
+        return rloo_step(cfg, sample, evaluate, log_prob, peak_us, target_us)
+    weights, index = sample()
+    ce, lat_us = evaluate(weights, index)
+    loss = arch_loss(cfg, ce, lat_us, peak_us, target_us)
+    return loss, loss, ce, lat_us
 
 
 def theta_gradient(cfg: SearchConfig) -> str:

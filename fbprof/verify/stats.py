@@ -212,7 +212,9 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
 def _by_name(results: list[NetworkMeasurement], kind: str) -> dict[str, Any]:
     return {r.name: {"predicted_us": round(r.predicted_us, 3),
                      "calibrated_us": None if r.calibrated_us is None else round(r.calibrated_us, 3),
-                     "measured_us": None if r.measured_us is None else round(r.measured_us, 3)}
+                     "measured_us": None if r.measured_us is None else round(r.measured_us, 3),
+                     "rounds_us": [round(v, 3) for v in r.rounds_us],
+                     "round_spread_pct": None if r.round_spread_pct is None else round(r.round_spread_pct, 2)}
             for r in results if r.kind == kind}
 
 
