@@ -78,14 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
 
-    import torch
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from search_evidence import _space_range
+    from search_quality import training_data
 
     from fbprof.lut.predict import predict
     from fbprof.lut.table import read_lut
-    from fbprof.search.data import load_data
     from fbprof.search.dnas import SearchConfig, resolve_lut_space, run_search
     from fbprof.search.supernet import latency_table, proxy_space
     from fbprof.search.train import train_child
@@ -157,11 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. trained from scratch
     space0 = resolve_lut_space(read_lut(luts[names[0]]), None, None, None)
-    data = load_data(args.data, 32, space0.in_channels, limit_per_class=args.train_per_class)
-    if args.test_images < len(data.y_test):
-        g = torch.Generator().manual_seed(0)
-        keep = torch.randperm(len(data.y_test), generator=g)[: args.test_images].sort().values
-        data.x_test, data.y_test = data.x_test[keep], data.y_test[keep]
+    data = training_data(args.data, space0.in_channels, args.train_per_class, args.test_images)
     plan = proxy_space(space0, 32, data.num_classes)
     acc: dict[str, list[float]] = {}
     for s in names:

@@ -36,6 +36,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"train_per_class": 1000, "train_epochs": 10, "test_images": 10000, "search_limit_per_class": None}
 
 
+def training_data(data_dir: str, in_channels: int, train_per_class: int, test_images: int):
+    """The from-scratch training budget at 32 px: the first ``train_per_class`` images per class of ``train/``
+    and a seeded subset of ``test_images`` images of ``test/`` (all of it by default)."""
+    import torch
+
+    from fbprof.search.data import load_data
+
+    data = load_data(data_dir, 32, in_channels, limit_per_class=train_per_class)
+    if test_images < len(data.y_test):
+        g = torch.Generator().manual_seed(0)
+        keep = torch.randperm(len(data.y_test), generator=g)[:test_images].sort().values
+        data.x_test, data.y_test = data.x_test[keep], data.y_test[keep]
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lut", default="luts/local-cpu-onnxruntime.csv")
@@ -55,14 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    import torch
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from search_evidence import _space_range, random_archs_near
 
     from fbprof.lut.predict import predict
     from fbprof.lut.table import read_lut
-    from fbprof.search.data import load_data
     from fbprof.search.dnas import SearchConfig, resolve_lut_space, run_search
     from fbprof.search.supernet import latency_table, proxy_space
     from fbprof.search.train import train_child
@@ -82,11 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     lat, mask, fixed, _ = latency_table(space, lut, head)
     lo, hi = _space_range(lat, mask, fixed)
 
-    train = load_data(args.data, 32, space.in_channels, limit_per_class=args.train_per_class)
-    if args.test_images < len(train.y_test):  # a stratified-by-order subset of test/ (classes interleaved)
-        g = torch.Generator().manual_seed(0)
-        keep = torch.randperm(len(train.y_test), generator=g)[: args.test_images].sort().values
-        train.x_test, train.y_test = train.x_test[keep], train.y_test[keep]
+    train = training_data(args.data, space.in_channels, args.train_per_class, args.test_images)
     plan = proxy_space(space, 32, train.num_classes)
     log = print
 
