@@ -90,7 +90,9 @@ def test_verify_writes_the_summary_and_plot(verified):
     assert set(s["raw"]["held_out"]) == metric_keys and s["raw"]["held_out"]["n"] == SAMPLES - CALIB
     assert set(s["calibrated"]["held_out"]) == metric_keys
     assert s["calibrated"]["source"] == "fitted" and s["calibration"]["chosen"] in ("scale", "linear")
-    assert set(s["calibration"]["loo_rmspe_pct"]) == {"scale", "linear"}  # 6 archs: too few for 4-parameter stages
+    # 6 archs: too few for 4-parameter stages; "linear" is left out when noise makes its fit unphysical (negative
+    # scale or a non-positive prediction), "scale" (a positive ratio of positive sums) never is
+    assert "scale" in s["calibration"]["loo_rmspe_pct"] and set(s["calibration"]["loo_rmspe_pct"]) <= {"scale", "linear"}
     for block in (s["raw"]["all"], s["calibrated"]["held_out"]):
         assert 0 <= block["within_5_pct"] <= block["within_10_pct"] <= 1
         assert -1 <= block["kendall_tau"] <= 1 and -1 <= block["spearman_rho"] <= 1
