@@ -30,7 +30,7 @@ test: install
 
 # re-measure the committed local LUT on this machine
 lut: install
-	$(BIN)/fbprof measure --device local --out luts/local-cpu-onnxruntime.csv --remeasure
+	$(BIN)/fbprof measure --device local --out luts/local-cpu-onnxruntime.csv --paired 1000 --remeasure
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

@@ -158,6 +158,7 @@ class MeasureConfig:
     threads: int | None = None  # default: the profile's
     loop: LoopConfig = field(default_factory=LoopConfig)
     remeasure: bool = False
+    paired: int = 0  # > 0, local device: rows by sample-level pairing, this many iterations
     export_workers: int = 1
     cache_dir: str | Path | None = None  # default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts
     profile: str | None = None  # profile of an adb:/ios: address
@@ -190,7 +191,8 @@ def run_measure(config: MeasureConfig, listener: Any = None) -> "MeasureSummary"
     with open_device(prof, address, dict(config.options)) as dev:
         req = MeasureRequest(specs=specs, out=Path(config.out), device=dev, backend=backend, threads=threads,
                              loop=config.loop, spaces=[sp.tag], remeasure=config.remeasure,
-                             cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, command=command)
+                             cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, command=command,
+                             paired=config.paired)
         return measure_lut(req, _adapt(listener, "fbprof.profiler.measure", "Listener"))
 
 
@@ -209,6 +211,7 @@ class VerifyConfig:
     samples: int = 100
     seed: int = 0
     rounds: int = 3
+    paired: int = 0  # > 0, local device: sample-level pairing, this many iterations cut into `rounds` rounds
     noise_repeats: int = 6
     calib_fraction: float = 0.3
     calibrate: bool = True
@@ -237,7 +240,8 @@ def run_verify(config: VerifyConfig, listener: Any = None) -> "VerifyResult":
     given = given_archs(list(config.archs), sp or read_lut(config.lut).space()) if config.archs else []
     with open_device(prof, address, dict(config.options)) as dev:
         req = VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp, archs=given,
-                            samples=config.samples, seed=config.seed, rounds=config.rounds, loop=config.loop,
+                            samples=config.samples, seed=config.seed, rounds=config.rounds, paired=config.paired,
+                            loop=config.loop,
                             calibrate=config.calibrate, store=config.store, calib_fraction=config.calib_fraction,
                             noise_repeats=config.noise_repeats, published=config.published,
                             cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,

@@ -19,6 +19,7 @@ Protocol (after TFLite's benchmark_model, Google Benchmark and pyperf):
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -183,6 +184,81 @@ def run_loop(
             fn()
         samples.append((clock() - t0) / repeats)
     return LoopResult(samples, repeats, capped, clock() - start)
+
+
+def run_paired(
+    fns: dict[str, Callable[[], object]],
+    iterations: int,
+    seed: int = 0,
+    warm: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+    on_iteration: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Sample-level interleaving: in each of ``iterations`` iterations, every function once, in a seeded
+    fresh order, each timed on its ``warm + 1``-th consecutive call (the first ``warm`` calls untimed, so
+    its caches are as hot as in :func:`run_loop`). Returns per-call seconds, one per iteration, by name.
+
+    ``on_iteration(i)`` is called after iteration ``i``. Samples of one iteration lie milliseconds apart, so
+    a machine whose speed drifts over seconds (a shared VM's fast and slow modes) shifts them together:
+    compare them iteration by iteration."""
+    if iterations < 1 or warm < 0:
+        raise ValueError("need iterations >= 1 and warm >= 0")
+    rng = random.Random(f"paired-{seed}")
+    names = sorted(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for it in range(iterations):
+        rng.shuffle(names)
+        for n in names:
+            fn = fns[n]
+            for _ in range(warm):
+                fn()
+            t0 = clock()
+            fn()
+            out[n].append(clock() - t0)
+        if on_iteration is not None:
+            on_iteration(it)
+    return out
+
+
+def describe_pairing(iterations: int, warm: int = 2) -> str:
+    """The LUT header's ``pairing`` field for rows measured by :func:`run_paired` (the one writer;
+    :func:`parse_pairing` is the one reader)."""
+    return f"iterations={int(iterations)};warm={int(warm)}"
+
+
+def parse_pairing(text: str, where: str = "pairing") -> tuple[int, int]:
+    """``(iterations, warm)`` from :func:`describe_pairing`'s text; ValueError naming ``where`` otherwise."""
+    parts = dict(p.partition("=")[::2] for p in text.split(";") if p)
+    try:
+        if sorted(parts) != ["iterations", "warm"]:
+            raise ValueError
+        it, warm = int(parts["iterations"]), int(parts["warm"])
+    except ValueError:
+        raise ValueError(f"{where}: expected iterations=N;warm=W, got {text!r}") from None
+    if it < 1 or warm < 0:
+        raise ValueError(f"{where}: need iterations >= 1 and warm >= 0, got {text!r}")
+    return it, warm
+
+
+def median_ci(samples: list[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free ~95% confidence interval of the median (order statistics n/2 -+ z*sqrt(n)/2)."""
+    xs = sorted(samples)
+    n = len(xs)
+    k = max(0, math.floor((n - z * math.sqrt(n)) / 2))
+    return xs[min(k, n - 1)], xs[max(0, n - 1 - k)]
+
+
+def paired_measurement(samples: list[float], cfg: LoopConfig, elapsed_s: float) -> Measurement:
+    """One op's row from its :func:`run_paired` samples: the median of single calls, *unstable* when the
+    median's 95% confidence interval is wider than +-``cfg.cv_threshold / 2`` (the samples themselves
+    spread with the machine's drift, which their median does not follow), *invalid* under 3 samples."""
+    st = Stats.of(samples, 1)
+    if len(samples) < 3:
+        return Measurement(st, INVALID, 1, elapsed_s, [f"only {len(samples)} paired samples"])
+    lo, hi = median_ci(samples)
+    half = (hi - lo) / 2 / st.median if st.median > 0 else math.inf
+    status = OK if half < cfg.cv_threshold / 2 else UNSTABLE
+    return Measurement(st, status, 1, elapsed_s, [f"paired: 95% CI of the median +-{100 * half:.1f}%"])
 
 
 def judge(stats: Stats, capped: bool, cfg: LoopConfig) -> str:

@@ -89,6 +89,51 @@ def test_breakdown_cli_writes_table_csv_json_png(torch_lut, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
+def test_paired_breakdown_differences_samples_iteration_by_iteration(torch_lut, tmp_path):
+    arch = tmp_path / "a.yaml"
+    arch.write_text("name: bd-p\nspace: tiny\nblocks: [k3_e1, k5_e3, skip, k3_e3]\n")
+    out = tmp_path / "paired"
+    res = run("verify", "--lut", torch_lut, "--breakdown", arch, "--paired", 12, "--workers", 1, "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((out / "breakdown.csv").open()))
+    assert [r["layer"] for r in rows][:1] == ["stem"] and all(float(r["prefix_us"]) > 0 for r in rows)
+    assert float(rows[0]["in_context_us"]) == pytest.approx(float(rows[0]["prefix_us"]), rel=1e-3)
+    assert all(r["in_context_us"] != "" and r["prefix_spread_pct"] != "" for r in rows)
+    summary = json.loads((out / "breakdown.json").read_text())
+    assert summary["paired_iterations"] == 12 and "rounds" not in summary
+    assert "--paired 12" in summary["command"] and "--rounds" not in summary["command"]
+    # verify's own networks, paired: the iterations are cut into --rounds rounds
+    res = run("verify", "--lut", torch_lut, "--arch", arch, "--paired", 9, "--rounds", 3, "--noise-repeats", 2,
+              "--out", tmp_path / "v", "-q")
+    assert res.exit_code == 0, res.output
+    v = json.loads((tmp_path / "v" / "summary.json").read_text())
+    assert v["paired_iterations"] == 9 and v["rounds"] == 3 and "--paired 9" in v["command"]
+    assert v["noise_floor"]["replicas"] == 2 and "pairing" in v["aggregation"]
+    got = list(csv.DictReader((tmp_path / "v" / "verify.csv").open()))
+    assert [len(r["rounds"].split()) for r in got] == [3] and float(got[0]["measured_us"]) > 0
+    res = run("verify", "--lut", torch_lut, "--arch", arch, "--paired", 2, "--rounds", 3, "--out", tmp_path / "w", "-q")
+    assert res.exit_code != 0 and "must be at least --rounds 3" in res.output
+
+
+def test_paired_breakdown_needs_a_device_that_pairs_samples(torch_lut):
+    from fbprof.devices.base import Device
+    from fbprof.errors import InputError
+    from fbprof.verify.breakdown import BreakdownRequest
+
+    class Remote(Device):
+        name = "remote"
+
+        def fingerprint(self, backend, threads):
+            return {}
+
+        def measure(self, artifact, backend, cfg, threads, on_retry=None):
+            raise AssertionError("not reached")
+
+    arch = load_space("tiny").arch(["k3_e1", "k5_e3", "skip", "k3_e3"], name="bd-r")
+    with pytest.raises(InputError, match="cannot interleave single samples"):
+        BreakdownRequest(torch_lut, Remote(), [arch], paired=10)
+
+
 def test_worst_networks_come_from_a_verify_report(tmp_path):
     sp = load_space("tiny")
     rep = tmp_path / "verify.csv"

@@ -74,3 +74,54 @@ def test_stats_percentiles_need_enough_samples():
 def test_bad_config():
     with pytest.raises(ValueError):
         LoopConfig(min_runs=0)
+
+
+def test_paired_sampling_times_each_function_once_per_iteration_after_warm_calls():
+    from fbprof.loop import run_paired
+
+    clock = {"t": 0.0}
+    calls: list[str] = []
+
+    def fn(name, cost):
+        def call():
+            calls.append(name)
+            clock["t"] += cost
+        return call
+
+    fns = {"a": fn("a", 0.001), "b": fn("b", 0.003), "c": fn("c", 0.002)}
+    seen = []
+    out = run_paired(fns, 5, seed=1, warm=2, clock=lambda: clock["t"], on_iteration=seen.append)
+    assert seen == [0, 1, 2, 3, 4]
+    assert {k: len(v) for k, v in out.items()} == {"a": 5, "b": 5, "c": 5}
+    assert out["b"] == pytest.approx([0.003] * 5) and out["a"] == pytest.approx([0.001] * 5)
+    # each function runs warm + 1 times in a row, every function once per iteration, in a seeded order
+    runs = [calls[i] for i in range(0, len(calls), 3)]
+    assert all(calls[i:i + 3] == [calls[i]] * 3 for i in range(0, len(calls), 3))
+    orders = [tuple(runs[i:i + 3]) for i in range(0, 15, 3)]
+    assert all(sorted(o) == ["a", "b", "c"] for o in orders) and len(set(orders)) > 1
+    calls.clear()
+    run_paired(fns, 5, seed=1, warm=2, clock=lambda: clock["t"])
+    assert [calls[i] for i in range(0, len(calls), 3)] == runs  # same seed, same order
+    with pytest.raises(ValueError):
+        run_paired(fns, 0)
+
+
+def test_paired_rows_judge_the_medians_confidence_interval_not_the_spread():
+    from fbprof.loop import describe_pairing, median_ci, paired_measurement, parse_pairing
+
+    cfg = LoopConfig()
+    # two modes of the machine (1.0 and 1.5): a wide spread, yet the median is pinned by 60 samples
+    xs = [0.001] * 40 + [0.0015] * 20
+    m = paired_measurement(xs, cfg, 1.0)
+    assert m.stats.cv > cfg.cv_threshold and m.status == OK and m.stats.median == pytest.approx(0.001)
+    assert "95% CI of the median +-0.0%" in m.notes[0]
+    # few samples spread evenly: the interval is wide
+    m = paired_measurement([0.001, 0.0013, 0.0016, 0.0019, 0.0022], cfg, 1.0)
+    assert m.status == UNSTABLE
+    assert paired_measurement([0.001, 0.002], cfg, 1.0).status == INVALID
+    lo, hi = median_ci(list(range(100)))
+    assert 38 <= lo <= 41 and 58 <= hi <= 61
+    assert parse_pairing(describe_pairing(60)) == (60, 2)
+    for bad in ("iterations=0;warm=2", "iterations=5", "x=1;warm=2", "iterations=a;warm=2"):
+        with pytest.raises(ValueError, match="pairing"):
+            parse_pairing(bad)

@@ -258,3 +258,37 @@ def test_noisy_rows_are_measured_again_after_other_rows_not_after_an_idle_pause(
     assert rows[b].status == "ok" and rows[b].note == ""
     assert rows[c].status == "unstable" and rows[c].stats.cv == 0.15 and "cv 0.150 >= 0.1 after 2 attempts" in rows[c].note
     assert summary.measured == 3 and summary.loop_s == pytest.approx(5 * 0.25)
+
+
+def test_paired_rows_are_medians_of_interleaved_single_calls_and_do_not_mix_with_loop_rows(tmp_path, cache_dir):
+    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir)
+    out = tmp_path / "paired.csv"
+    res = run("measure", "--space", "tiny", "--backend", "torch", "--paired", "7", "--out", str(out), "--workers", "1", "-q")
+    assert res.exit_code == 0, res.output
+    lut = read_lut(out)
+    assert lut.header["pairing"] == "iterations=7;warm=2" and "--paired 7" in lut.header["command"]
+    assert lut.pairing() == (7, 2) and lut.header["timed"] == "invoke"
+    keys = {s.key for s in load_space("tiny").all_specs() if not s.is_identity}
+    assert set(lut.rows) == keys
+    for row in lut.rows.values():
+        assert row.stats.n == 7 and row.stats.repeats == 1 and row.stats.min <= row.median_us <= row.stats.max
+        assert "paired: 95% CI of the median" in row.note and row.status in ("ok", "unstable")
+    # loop rows cannot join a paired LUT (nor the reverse): the header says how every row was measured
+    res = run("measure", "--space", "tiny", "--backend", "torch", "--out", str(out), *QUICK)
+    assert res.exit_code != 0 and "pairing" in res.output and "measured differently" in res.output
+    # a device that cannot pair is refused before anything is measured
+    from fbprof.devices.base import Device
+    from fbprof.errors import InputError
+    from fbprof.profiler.measure import MeasureRequest
+
+    class Remote(Device):
+        name = "remote"
+
+        def fingerprint(self, backend, threads):
+            return {}
+
+        def measure(self, artifact, backend, cfg, threads, on_retry=None):
+            raise AssertionError("not reached")
+
+    with pytest.raises(InputError, match="cannot interleave single samples"):
+        MeasureRequest(specs=[], out=tmp_path / "x.csv", device=Remote(), backend="torch", paired=3)

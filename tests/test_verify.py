@@ -225,6 +225,14 @@ def test_fit_recovers_linear_and_stage_corrections(tmp_path):
     cal, rep = select_and_fit(archs, staged, lut)
     assert rep.chosen == "stages"
     assert cal.scales == pytest.approx({"early": 0.8, "middle": 1.0, "late": 1.3}) and cal.intercept_us == pytest.approx(20)
+    # a cost per MB of weights (re-read from beyond the private cache in a network): only `weights` fits it
+    weighted = [30 + 0.95 * g["all"] + 4.0 * g["weight_mb"] for g in (group_sums(a, lut, "weights") for a in archs)]
+    assert len({round(g["weight_mb"], 6) for g in (group_sums(a, lut, "weights") for a in archs)}) > 10
+    cal, rep = select_and_fit(archs, weighted, lut)
+    assert rep.chosen == "weights" and rep.loo_rmspe_pct["weights"] < 1e-6
+    assert cal.scales == pytest.approx({"all": 0.95, "weight_mb": 4.0}) and cal.intercept_us == pytest.approx(30)
+    assert cal.apply(raw[3], archs[3]) == pytest.approx(weighted[3])
+    assert "us/MB x weight_mb" in cal.describe()
     with pytest.raises(ValueError, match="at least 3 calibration archs"):
         select_and_fit(archs[:2], staged[:2], lut)
     with pytest.raises(ValueError, match="only 1 archs"):

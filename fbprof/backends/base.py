@@ -35,6 +35,11 @@ __all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_e
 
 
 class Session(Protocol):
+    """An opened artifact. ``invoke`` runs the model on its input and is what a loop times: it reads no output
+    back (a copy of a large output would be charged to the op, once per isolated op, and a network never pays
+    it between layers). ``run`` invokes and returns the output, for the check against torch."""
+
+    def invoke(self) -> Any: ...
     def run(self) -> Any: ...
     def close(self) -> None: ...
 

@@ -71,6 +71,9 @@ class CoreMLSession:  # macOS only: coremltools cannot predict elsewhere
         self.model = ct.models.MLModel(str(model_path), compute_units=cu)
         self.feed = {self.model.get_spec().description.input[0].name: np.asarray(x, dtype=np.float32)}
 
+    def invoke(self) -> None:
+        self.model.predict(self.feed)
+
     def run(self):
         import numpy as np
 

@@ -286,6 +286,9 @@ class ExecuTorchSession:
         self.program, self.method = program, method
         self.inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
 
+    def invoke(self) -> None:
+        self.method.execute(self.inputs)
+
     def run(self):
         return self.method.execute(self.inputs)[0].numpy()
 

@@ -206,6 +206,9 @@ class LiteRTSession:
         self.interp.set_tensor(inputs[0]["index"], x)
         self.out_index = outputs[0]["index"]
 
+    def invoke(self) -> None:
+        self.interp.invoke()
+
     def run(self):
         self.interp.invoke()
         return self.interp.get_tensor(self.out_index)

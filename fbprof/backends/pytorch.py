@@ -44,6 +44,10 @@ class TorchScriptSession:
         self.model = torch.jit.load(str(model_path)).eval()
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
+    def invoke(self) -> None:
+        with self.torch.inference_mode():
+            self.model(self.x)
+
     def run(self):
         with self.torch.inference_mode():
             return self.model(self.x).numpy()

@@ -140,6 +140,11 @@ class ProgressListener(Listener):
             self.task = self.progress.add_task(self.label, total=count, current="")
         self.progress.update(self.task, current=key)
 
+    def on_iteration(self, index: int, count: int) -> None:
+        if getattr(self, "pair_task", None) is None:
+            self.pair_task = self.progress.add_task(f"{self.label} (paired iterations)", total=count, current="")
+        self.progress.update(self.pair_task, completed=index + 1)
+
     def on_retry(self, key: str, attempt: int, cv: float) -> None:
         self.retried[key] = self.retried.get(key, 0) + 1
         if self.verbose:

@@ -51,8 +51,8 @@ def validate(
 
 
 def _checked(lut):
-    """The LUT, after its structured header fields parsed strictly too (spaces, threads, loop, grid)."""
-    lut.space_tags(), lut.threads(), lut.loop_config(), lut.grid()
+    """The LUT, after its structured header fields parsed strictly too (spaces, threads, loop, pairing, grid)."""
+    lut.space_tags(), lut.threads(), lut.loop_config(), lut.pairing(), lut.grid()
     return lut
 
 

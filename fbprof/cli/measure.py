@@ -27,6 +27,9 @@ def measure(
     max_time: float = typer.Option(10.0, "--max-time", min=0.01, help="cap in seconds per op (hitting it before --min-runs makes the row invalid)"),
     warmup: int = typer.Option(3, "--warmup", min=0, help="warm-up runs per op"),
     workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
+    paired: int = typer.Option(0, "--paired", min=0, help="local device: rows by sample-level pairing, N iterations "
+                               "each timing every op once (its third call in a row), a row = the median of its N "
+                               "calls; robust to a machine that drifts between fast and slow spells (header 'pairing')"),
     onnx_exporter: str = typer.Option("dynamo", "--onnx-exporter", help="ONNX: dynamo (default) or legacy (TorchScript-based, ~10x faster export, deprecated upstream)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
     profile: Optional[str] = typer.Option(None, "--profile", help="device profile for an adb:/ios: address (default: android / ios)"),
@@ -81,6 +84,8 @@ def measure(
         cmd += ["--width", f"{sp.width:g}"]
     cmd += ["--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
            "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
+    if paired:
+        cmd += ["--paired", str(paired)]
     if heldout:
         if not channels:
             raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
@@ -104,7 +109,7 @@ def measure(
         req = MeasureRequest(
             specs=sp.heldout_specs(heldout) if heldout else sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
             spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels and not heldout else [], remeasure=remeasure,
-            cache=ArtifactCache(cache_dir), export_workers=workers,
+            cache=ArtifactCache(cache_dir), export_workers=workers, paired=paired,
             export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
         )
         summary = measure_lut(req, listener)

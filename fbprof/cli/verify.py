@@ -97,6 +97,10 @@ def verify(
                                         "random networks; writes breakdown.csv/.json/.png into --out"),
     breakdown_worst: int = typer.Option(0, "--breakdown-worst", min=0, help="with --breakdown mode: also the N held-out "
                                         "random networks the raw LUT sum missed most in --out/verify.csv (an earlier run)"),
+    paired: int = typer.Option(0, "--paired", min=0, help="on the local device: N iterations of sample-level pairing "
+                               "instead of loops (every network timed once per iteration, its third call in a row; "
+                               "the iterations are cut into --rounds rounds; with --breakdown a layer's cost is the "
+                               "median of its per-iteration prefix differences)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     verbose: bool = verbose_option(),
     json_out: bool = json_option(),
@@ -154,17 +158,21 @@ def verify(
         args = args[: args.index("--samples")] + [a for x in breakdown for a in ("--breakdown", x)]
         if breakdown_worst:
             args += ["--breakdown-worst", str(breakdown_worst)]
-        args += ["--seed", str(seed), "--rounds", str(rounds), "--out", str(out)]
+        args += ["--seed", str(seed)] + (["--paired", str(paired)] if paired else ["--rounds", str(rounds)])
+        args += ["--out", str(out)]
         _breakdown(lut, prof, address, opts, sp, breakdown, breakdown_worst, rounds, seed, loop, cache_dir, workers, out,
-                   shlex.join(args), quiet)
+                   shlex.join(args), quiet, paired)
         return
+    if paired:
+        args.insert(args.index("--noise-repeats"), "--paired")
+        args.insert(args.index("--noise-repeats"), str(paired))
     cmd = shlex.join(args)
     level = verbosity(quiet, verbose)
     listener = _Progress(level < 0)
     given = given_archs(arch, sp or read_lut(lut).space()) if arch else []
     with open_device(prof, address, opts) as dev:
         req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, archs=given, samples=samples, seed=seed,
-                            rounds=rounds,
+                            rounds=rounds, paired=paired,
                             loop=loop, calibrate=calibrate, store=store, calib_fraction=calib_fraction,
                             noise_repeats=noise_repeats, cache=ArtifactCache(cache_dir), export_workers=workers,
                             command=cmd)
@@ -218,7 +226,8 @@ def verify(
         raise typer.Exit(1)
 
 
-def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, cache_dir, workers, out, cmd, quiet) -> None:
+def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, cache_dir, workers, out, cmd, quiet,
+               paired: int = 0) -> None:
     from rich.table import Table
 
     from fbprof.backends.cache import ArtifactCache
@@ -242,14 +251,15 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
     listener.progress.start()
     with open_device(prof, address, opts) as dev:
         req = BreakdownRequest(lut, dev, archs, rounds=rounds, seed=seed, loop=loop, cache=ArtifactCache(cache_dir),
-                               export_workers=workers)
+                               export_workers=workers, paired=paired)
         try:
             result = run_breakdown(req, listener)
         finally:
             listener.stop()
     h = table.header
     paths = write_breakdown(result, out, title=f"{h.get('device', '?')} / {h.get('backend', '?')}: {lut}",
-                            extra={"command": cmd, "lut": str(lut), "rounds": rounds, "seed": seed})
+                            extra={"command": cmd, "lut": str(lut), "seed": seed,
+                                   **({"paired_iterations": paired} if paired else {"rounds": rounds})})
     atomic_write_text(Path(out) / "BREAKDOWN_COMMAND.txt", cmd + "\n")
     failed = False
     for b in result:

@@ -332,7 +332,7 @@ class CompanionServer:
                     m.sessions[units] = session
                 load_s = time.perf_counter() - t0
                 output = np.asarray(session.run())
-                res = run_loop(session.run, cfg)
+                res = run_loop(session.invoke, cfg)
             except ProtocolError:
                 raise
             except Exception as e:  # noqa: BLE001 - the runtime's own failure, reported to the host

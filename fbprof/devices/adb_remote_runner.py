@@ -74,7 +74,7 @@ def measure(backend: str, model: str, input_npy: str, output_npy: str, threads: 
         y = np.asarray(session.run())
         np.save(output_npy, y, allow_pickle=False)
         retries: list[list[float]] = []
-        m = loop.measure(session.run, cfg, on_retry=lambda attempt, cv: retries.append([attempt, cv]))
+        m = loop.measure(getattr(session, "invoke", session.run), cfg, on_retry=lambda attempt, cv: retries.append([attempt, cv]))
     finally:
         session.close()
     from dataclasses import asdict

@@ -58,6 +58,15 @@ class Device(abc.ABC):
         """One attempt of the loop on ``artifact`` (no retry) and the output, when :attr:`defers_retries`."""
         raise NotImplementedError
 
+    #: the device can time many artifacts sample by sample, interleaved (:meth:`measure_paired`)
+    pairs_samples: bool = False
+
+    def measure_paired(self, artifacts: dict[str, Artifact], backend: str, threads: int, iterations: int,
+                       seed: int = 0, on_iteration: Callable[[int], None] | None = None) -> tuple[dict[str, list[float]], dict[str, Any]]:
+        """Per-call seconds of every artifact, one sample per iteration, all artifacts in every iteration
+        (:func:`fbprof.loop.run_paired`), and each artifact's output, when :attr:`pairs_samples`."""
+        raise NotImplementedError
+
     #: the device measures artifacts as they are exported (no :meth:`prepare` with all of them first)
     streams_artifacts: bool = False
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from typing import Iterator
+from typing import Callable, Iterator
 
 from fbprof.artifact import Artifact
 from fbprof.backends import BACKENDS, Session, get_backend
 from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
-from fbprof.loop import Attempt, LoopConfig, loop_attempt, measure
+from fbprof.loop import Attempt, LoopConfig, loop_attempt, measure, run_paired
 
 __all__ = ["LocalDevice", "cpu_fingerprint", "pinned"]
 
@@ -109,14 +109,27 @@ class LocalDevice(Device):
 
     def measure(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int, on_retry=None) -> DeviceResult:
         with self._session(artifact, backend, threads) as (session, output):
-            m = measure(session.run, cfg, on_retry=on_retry)
+            m = measure(session.invoke, cfg, on_retry=on_retry)
         return DeviceResult(m, output)
 
     defers_retries = True
+    pairs_samples = True
+
+    def measure_paired(self, artifacts: dict[str, Artifact], backend: str, threads: int, iterations: int,
+                       seed: int = 0, on_iteration: Callable[[int], None] | None = None,
+                       ) -> tuple[dict[str, list[float]], dict[str, object]]:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(pinned(threads) if self.pin else contextlib.nullcontext())
+            sessions, outputs = {}, {}
+            for name, art in artifacts.items():
+                session, output = stack.enter_context(self._session(art, backend, threads))
+                sessions[name], outputs[name] = session, output
+            timed = run_paired({n: s.invoke for n, s in sessions.items()}, iterations, seed, on_iteration=on_iteration)
+            return timed, outputs
 
     def measure_once(self, artifact: Artifact, backend: str, cfg: LoopConfig, threads: int) -> tuple[Attempt, object]:
         with self._session(artifact, backend, threads) as (session, output):
-            return loop_attempt(session.run, cfg), output
+            return loop_attempt(session.invoke, cfg), output
 
 
 def from_profile(profile, address, options) -> LocalDevice:

@@ -14,7 +14,12 @@ and ``tail`` (head conv, pool, FC). Models (see :data:`MODELS`):
 * ``linear``: one group ``all`` plus an intercept;
 * ``stages``: an intercept and three groups that split the network by stage position (``early``,
   ``middle``, ``late``; the tail belongs to ``late``);
-* ``resolution``: the same with groups cut by the ops' input resolution (see :func:`group_of`).
+* ``resolution``: the same with groups cut by the ops' input resolution (see :func:`group_of`);
+* ``weights``: an intercept, a scale of the whole sum, and a cost per MB of the arch's weights
+  (``weight_mb``: 4 bytes per parameter, summed over its ops). An op measured alone re-reads its weights from
+  the core's private cache; inside a network the other layers have evicted them (results/fidelity/: the
+  LiteRT in-context excess of FBNet-B's layers grows with their weight bytes). The term is a sum over ops, so
+  it is a per-op correction: ``weight_mb`` is the one group that is not a LUT latency.
 
 A LUT carries its calibration as one header line, ``# calibration: {json}`` (docs/lut-format.md,
 section Calibration), tied to the exact rows it was fitted on by a digest: if the rows change,
@@ -59,6 +64,7 @@ MODELS: dict[str, tuple[bool, str]] = {
     "linear": (True, "all"),
     "stages": (True, "thirds"),
     "resolution": (True, "resolution"),
+    "weights": (True, "weights"),
 }
 
 
@@ -113,6 +119,8 @@ def group_of(part: str, spec: Any, grouping: str, space: Any) -> str:
         if stage > n - third:
             return "late"
         return "middle"
+    if grouping == "weights":
+        return "all"
     if grouping == "resolution":
         final = space.final_hw[0]
         if part == "tail" or spec.h <= final:
@@ -124,14 +132,21 @@ def group_of(part: str, spec: Any, grouping: str, space: Any) -> str:
 
 
 def group_names(grouping: str) -> list[str]:
-    return ["all"] if grouping == "all" else ["early", "middle", "late"]
+    if grouping == "all":
+        return ["all"]
+    if grouping == "weights":
+        return ["all", "weight_mb"]
+    return ["early", "middle", "late"]
 
 
 def group_sums(arch: Arch, lut: Lut, grouping: str) -> dict[str, float]:
-    """LUT latency (us) of the arch's ops summed per group (identity skips cost 0)."""
+    """LUT latency (us) of the arch's ops summed per group (identity skips cost 0); the ``weights`` grouping
+    adds ``weight_mb``, the MB of float32 weights of those ops."""
     sums = {g: 0.0 for g in group_names(grouping)}
     for part, _, spec in arch_parts(arch):
         sums[group_of(part, spec, grouping, arch.space)] += lut.latency_us(spec)
+        if grouping == "weights":
+            sums["weight_mb"] += 4 * spec.params() / 1e6
     return sums
 
 
@@ -167,7 +182,8 @@ class LinearCalibration:
         return json.dumps(d, sort_keys=False, separators=(", ", ": "))
 
     def describe(self) -> str:
-        terms = " + ".join(f"{v:.4f} x {'raw' if g == 'all' else g}" for g, v in self.scales.items())
+        terms = " + ".join(f"{v:.4f} x {'raw' if g == 'all' else g}" if g != "weight_mb" else f"{v:.1f} us/MB x weight_mb"
+                           for g, v in self.scales.items())
         if MODELS[self.model][0]:
             return f"{self.model}: {self.intercept_us:.1f} us + {terms}"
         return f"{self.model}: {terms}"
@@ -279,7 +295,7 @@ def select_and_fit(
     archs: Sequence[Arch],
     measured: Sequence[float],
     lut: Lut,
-    models: Sequence[str] = ("scale", "linear", "stages", "resolution"),
+    models: Sequence[str] = ("scale", "linear", "stages", "resolution", "weights"),
     tolerance: float = 0.05,
 ) -> tuple[LinearCalibration, FitReport]:
     """Fit each model, compare their leave-one-out RMSPE on these archs, keep the simplest good one.

@@ -25,7 +25,7 @@ from typing import Iterable
 
 from fbprof.errors import FileFormatError, InputError, LutCoverageError
 from fbprof.fileio import atomic_write_text, read_text_limited
-from fbprof.loop import STATUSES, LoopConfig, Stats
+from fbprof.loop import STATUSES, LoopConfig, Stats, parse_pairing
 from fbprof.spec import OpSpec
 from fbprof.space import GridCell, Space, SpaceTag, parse_grid, parse_space_tags
 
@@ -39,11 +39,14 @@ COLUMNS = ("key", "status", "n", "repeats", "median_us", "p10_us", "p90_us", "me
 #: header fields in the order they are written; others follow sorted by name
 HEADER_ORDER = (
     "device", "backend", "format", "runtime", "threads", "affinity", "spaces", "units", "activations", "denormals",
-    "loop", "device_model", "cpu_model", "cores", "governor", "os", "python", "torch", "fbprof", "command",
+    "loop", "pairing", "timed", "device_model", "cpu_model", "cores", "governor", "os", "python", "torch", "fbprof", "command",
 )
 REQUIRED_HEADER = ("device", "backend", "runtime", "threads", "spaces")
 #: rows measured under different values of these cannot share a file
-IDENTITY_FIELDS = ("device", "device_model", "cpu_model", "backend", "runtime", "threads")
+IDENTITY_FIELDS = ("device", "device_model", "cpu_model", "backend", "runtime", "threads", "pairing", "timed")
+#: the ``timed`` field of LUTs measured by this fbprof: the loop timed the runtime's invoke alone, outputs read
+#: after timing (fbprof.backends.base.Session); LUTs without it timed an output read-back in every call
+TIMED = "invoke"
 _US_FIELDS = ("median_us", "p10_us", "p90_us", "mean_us", "std_us", "min_us", "max_us")
 #: the largest latency a row may hold (about 11.6 days): a sum of a million of them stays finite
 MAX_US = 1e12
@@ -138,6 +141,16 @@ class Lut:
         """The measuring loop's settings (``loop`` field; defaults where the field is absent)."""
         try:
             return LoopConfig.parse(self.header.get("loop", ""), f"{self.where('loop')}: header loop")
+        except ValueError as e:
+            raise FileFormatError(self.path, [str(e)]) from None
+
+    def pairing(self) -> tuple[int, int] | None:
+        """``(iterations, warm)`` when the rows were measured by sample-level pairing (``pairing`` field), else None."""
+        text = self.header.get("pairing")
+        if text is None:
+            return None
+        try:
+            return parse_pairing(text, f"{self.where('pairing')}: header pairing")
         except ValueError as e:
             raise FileFormatError(self.path, [str(e)]) from None
 

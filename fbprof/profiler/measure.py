@@ -22,8 +22,8 @@ from fbprof.backends.cache import ArtifactCache, exports_paused
 from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import LockHeld, OutputLock, WriteError
-from fbprof.loop import INVALID, STATUSES, Attempts, LoopConfig
-from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
+from fbprof.loop import INVALID, STATUSES, Attempts, LoopConfig, describe_pairing, paired_measurement
+from fbprof.lut.table import IDENTITY_FIELDS, TIMED, Journal, LutRow, clean_cell, read_lut, write_lut
 from fbprof.profiler.export import export_ops, stream_ops
 from fbprof.space import GridCell, SpaceTag, format_grid, format_space_tags
 from fbprof.spec import OpSpec
@@ -41,6 +41,7 @@ class Listener:
     def on_export_start(self, count: int) -> None: ...
     def on_export_done(self, key: str) -> None: ...
     def on_row_start(self, key: str, index: int, count: int) -> None: ...
+    def on_iteration(self, index: int, count: int) -> None: ...
     def on_retry(self, key: str, attempt: int, cv: float) -> None: ...
     def on_row_done(self, row: LutRow) -> None: ...
     def on_note(self, message: str) -> None: ...
@@ -63,6 +64,16 @@ class MeasureRequest:
     export_options: dict = field(default_factory=dict)
     command: str = ""
     check_atol: float = 1e-3  # relative to max(1, max |expected|)
+    #: > 0: rows by sample-level pairing on a device that offers it (fbprof.loop.run_paired): this many
+    #: iterations, each timing every op once; a row is the median of its single-call samples (header "pairing")
+    paired: int = 0
+
+    def __post_init__(self) -> None:
+        if self.paired < 0:
+            raise InputError("--paired must be >= 0")
+        if self.paired and not self.device.pairs_samples:
+            raise InputError(f"--paired: device {self.device.name} cannot interleave single samples (the local "
+                             "device can); leave --paired out")
 
 
 @dataclass
@@ -88,6 +99,8 @@ def build_header(req: MeasureRequest) -> dict[str, str]:
         "units": "microseconds per inference, batch 1, float32",
         "activations": ACTIVATIONS_NOTE,
         "loop": req.loop.describe(),
+        **({"pairing": describe_pairing(req.paired)} if req.paired else {}),
+        "timed": TIMED,
         "torch": dist_version("torch"),
         "fbprof": __version__,
     }
@@ -212,7 +225,11 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
         fmt = get_backend(req.backend).format
-        if req.device.streams_artifacts:  # measure each op as soon as it is exported, while workers export on
+        if req.paired:
+            export_s = _measure_paired(req, todo, fmt, lis, done, fail)
+            todo = []  # measured
+            stream = iter(())
+        elif req.device.streams_artifacts:  # measure each op as soon as it is exported, while workers export on
             stream = stream_ops(todo, fmt, req.cache, req.export_options, workers=req.export_workers,
                                 on_done=lis.on_export_done, avoid_cores=req.device.measuring_cores(req.threads))
         else:
@@ -220,7 +237,8 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
                                    workers=req.export_workers, on_done=lis.on_export_done)
             req.device.prepare([artifacts[s.key] for s in todo if isinstance(artifacts[s.key], Artifact)])
             stream = iter([(s.key, artifacts[s.key]) for s in todo])
-        export_s = time.perf_counter() - t0  # then: time spent waiting for the next export
+        if not req.paired:
+            export_s = time.perf_counter() - t0  # then: time spent waiting for the next export
         for i, spec in enumerate(todo):
             t0 = time.perf_counter()
             art = next(stream)[1]
@@ -319,6 +337,33 @@ class _Retries:
             if left > 0:
                 self.sleep(left)
             self.due()
+
+
+def _measure_paired(req: MeasureRequest, todo: list[OpSpec], fmt: str, lis: Listener, done, fail) -> float:
+    """Export every op, then time them all by sample-level pairing (:meth:`Device.measure_paired`); returns
+    the export time. Rows are final at the end of the pairing (an interrupted pairing keeps no row)."""
+    t0 = time.perf_counter()
+    artifacts = export_ops(todo, fmt, req.cache, req.export_options, workers=req.export_workers,
+                           on_done=lis.on_export_done)
+    export_s = time.perf_counter() - t0
+    good: dict[str, Artifact] = {}
+    for spec in todo:
+        art = artifacts[spec.key]
+        if isinstance(art, MeasurementError):
+            fail(spec.key, art.message)
+        else:
+            good[spec.key] = art
+    if not good:
+        return export_s
+    env = req.device.before_row("paired")
+    t0 = time.perf_counter()
+    secs, outputs = req.device.measure_paired(good, req.backend, req.threads, req.paired, 0,
+                                              on_iteration=lambda i: lis.on_iteration(i, req.paired))
+    share = (time.perf_counter() - t0) / len(good)  # loop time, split evenly over the rows
+    for key, art in good.items():
+        m = paired_measurement(secs[key], req.loop, share)
+        done(_row_from(key, DeviceResult(m, outputs[key]), art.expected, req.check_atol, env), share)
+    return export_s
 
 
 def _measure_one(req: MeasureRequest, key: str, art: Artifact, lis: Listener) -> tuple[LutRow, float]:

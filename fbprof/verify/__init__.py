@@ -32,7 +32,7 @@ from fbprof.loop import INVALID
 from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of, select_and_fit, store_calibration
 from fbprof.lut.predict import predict
 from fbprof.profiler.export import export_archs
-from fbprof.verify.measure import measure_interleaved, round_order
+from fbprof.verify.measure import measure_interleaved, measure_paired_blocks, round_order
 from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyListener, VerifyPlan, VerifyRequest,
                                 given_archs, is_grid, plan_verify, published_archs, sample_archs)
 from fbprof.verify.report import CSV_COLUMNS, REPORT_FILES, format_csv, plot_png, write_report
@@ -71,9 +71,14 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
         return None
     artifacts = {n: a for n, a in exported.items() if isinstance(a, Artifact)}
     t_meas = time.perf_counter()
-    per_arch, noise_r, mfailed, notes = measure_interleaved(
-        req.device, plan.backend, plan.threads, plan.loop, artifacts, req.rounds, req.seed,
-        plan.noise_arch, req.noise_repeats, req.check_atol, lis)
+    if req.paired:
+        per_arch, noise_r, mfailed, notes = measure_paired_blocks(
+            req.device, plan.backend, plan.threads, artifacts, req.paired, req.rounds, req.seed,
+            plan.noise_arch, req.noise_repeats, req.check_atol, lis)
+    else:
+        per_arch, noise_r, mfailed, notes = measure_interleaved(
+            req.device, plan.backend, plan.threads, plan.loop, artifacts, req.rounds, req.seed,
+            plan.noise_arch, req.noise_repeats, req.check_atol, lis)
     measure_s = time.perf_counter() - t_meas
     failed.update(mfailed)
 

@@ -37,7 +37,7 @@ from fbprof.lut.table import Lut, read_lut
 from fbprof.profiler.export import arch_from_ref, arch_key, arch_ref, export_ops
 from fbprof.lut.predict import predict
 from fbprof.space import Arch, ChannelArch
-from fbprof.verify.measure import measure_interleaved
+from fbprof.verify.measure import measure_interleaved, paired_samples
 from fbprof.verify.plan import VerifyListener
 from fbprof.verify.report import csv_text, num
 
@@ -56,6 +56,10 @@ class BreakdownRequest:
     archs: list[Arch | ChannelArch]
     rounds: int = 5
     seed: int = 0
+    #: > 0: sample-level pairing on a device that offers it (:meth:`~fbprof.devices.base.Device.measure_paired`):
+    #: this many iterations, each timing every prefix and op once; a layer's in-context cost is the median of
+    #: its per-iteration differences T(P_k) - T(P_k-1), so the machine's slow drift cancels
+    paired: int = 0
     loop: LoopConfig | None = None  # default: the LUT header's loop
     cache: ArtifactCache = field(default_factory=ArtifactCache)
     export_workers: int = 1
@@ -65,6 +69,11 @@ class BreakdownRequest:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise InputError("--rounds must be >= 1")
+        if self.paired < 0:
+            raise InputError("--paired must be >= 0")
+        if self.paired and not self.device.pairs_samples:
+            raise InputError(f"--paired: device {self.device.name} cannot interleave single samples (the local "
+                             "device can); use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
 
@@ -78,7 +87,7 @@ class InContextCost:
     isolated_now_us: float | None  # the same op alone, measured in this run's rounds (0 for an identity skip)
     in_context_us: float | None  # T(P_k) - T(P_k-1)
     prefix_us: float | None  # T(P_k)
-    prefix_spread_pct: float | None  # spread of P_k's round medians
+    prefix_spread_pct: float | None  # spread of P_k's round medians (paired: its interquartile range)
 
     @property
     def ratio(self) -> float | None:
@@ -172,8 +181,12 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
     for n, why in failed.items():
         lis.on_note(f"{n}: {why}")
     artifacts = {n: a for n, a in exported.items() if isinstance(a, Artifact)}
-    per, _, mfailed, notes = measure_interleaved(req.device, backend, threads, loop, artifacts, req.rounds, req.seed,
-                                                 None, 0, req.check_atol, lis)
+    if req.paired:
+        per, mfailed, notes = paired_samples(req.device, backend, threads, artifacts, req.paired, req.seed,
+                                             req.check_atol, lis)
+    else:
+        per, _, mfailed, notes = measure_interleaved(req.device, backend, threads, loop, artifacts, req.rounds, req.seed,
+                                                     None, 0, req.check_atol, lis)
     failed.update(mfailed)
     for n, ns in notes.items():
         if any(x.startswith("output") for x in ns):
@@ -186,8 +199,17 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
             name = _name(a, k)
             rounds = per.get(name) or []
             t = statistics.median(rounds) if rounds and name not in failed else None
-            spread = (100 * (max(rounds) - min(rounds)) / t) if t and len(rounds) > 1 else None
-            diff = None if t is None or prev is None else t - prev
+            if req.paired and t and len(rounds) > 1:
+                q = statistics.quantiles(rounds, n=4)
+                spread = 100 * (q[2] - q[0]) / t
+            else:
+                spread = (100 * (max(rounds) - min(rounds)) / t) if t and len(rounds) > 1 else None
+            if t is None or prev is None:
+                diff = None
+            elif req.paired and k > 1:  # paired: the median of the per-iteration differences
+                diff = statistics.median(x - y for x, y in zip(rounds, per[_name(a, k - 1)]))
+            else:
+                diff = t - prev
             alone = per.get(f"op:{spec.key}") or []
             now = 0.0 if spec.is_identity else (statistics.median(alone) if alone and f"op:{spec.key}" not in failed else None)
             costs.append(InContextCost(k, layer, spec.key, row_us[k - 1], now, diff, t, spread))

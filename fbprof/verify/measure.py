@@ -1,18 +1,20 @@
 """Measuring whole networks interleaved: every round visits every network once in a fresh seeded order,
-with the noise network's replicas spread evenly through the round."""
+with the noise network's replicas spread evenly through the round; or, on a device that times single
+samples interleaved, sample-level pairing cut into blocks (:func:`measure_paired_blocks`)."""
 
 from __future__ import annotations
 
 import random
+import statistics
 from typing import Sequence
 
 from fbprof.artifact import Artifact, check_output
 from fbprof.devices.base import Device
-from fbprof.errors import MeasurementError
+from fbprof.errors import InputError, MeasurementError
 from fbprof.loop import OK, LoopConfig
 from fbprof.verify.plan import VerifyListener
 
-__all__ = ["round_order", "measure_interleaved"]
+__all__ = ["round_order", "measure_interleaved", "paired_samples", "measure_paired_blocks"]
 
 
 def round_order(names: Sequence[str], noise: str | None, replicas: int, rng: random.Random) -> list[tuple[str, int]]:
@@ -92,3 +94,64 @@ def measure_interleaved(
                 noise_r[replica].append(us)
             lis.on_measure_done(name, r, us)
     return per_arch, noise_r, failed, notes
+
+
+def paired_samples(
+    device: Device,
+    backend: str,
+    threads: int,
+    items: dict[str, Artifact],
+    iterations: int,
+    seed: int,
+    check_atol: float = 1e-3,
+    listener: VerifyListener | None = None,
+) -> tuple[dict[str, list[float]], dict[str, str], dict[str, list[str]]]:
+    """Sample-level pairing on the device (:meth:`Device.measure_paired`): per-iteration samples in us by
+    name, failures (the whole run, when the device fails) and notes (an output that does not match torch)."""
+    lis = listener or VerifyListener()
+    lis.on_measure_start(iterations)
+    try:
+        secs, outputs = device.measure_paired(items, backend, threads, iterations, seed,
+                                              on_iteration=lambda i: lis.on_measure_done("paired", i, 0.0))
+    except MeasurementError as e:
+        return {}, {n: e.message for n in items}, {}
+    notes: dict[str, list[str]] = {}
+    for name, art in items.items():
+        problem = check_output(art.expected, outputs[name], check_atol)
+        if problem:
+            notes.setdefault(name, []).append(problem)
+    return {n: [x * 1e6 for x in xs] for n, xs in secs.items()}, {}, notes
+
+
+def measure_paired_blocks(
+    device: Device,
+    backend: str,
+    threads: int,
+    artifacts: dict[str, Artifact],
+    iterations: int,
+    blocks: int,
+    seed: int,
+    noise: str | None = None,
+    noise_repeats: int = 0,
+    check_atol: float = 1e-3,
+    listener: VerifyListener | None = None,
+) -> tuple[dict[str, list[float]], list[list[float]], dict[str, str], dict[str, list[str]]]:
+    """:func:`measure_interleaved`'s results from :func:`paired_samples`: ``iterations`` iterations, each
+    timing every artifact (and ``noise_repeats`` separate sessions of the noise network) once; the
+    iterations are cut into ``blocks`` consecutive blocks, and a block's median plays the part of a round's
+    median (same report, same noise floor)."""
+    if blocks < 1 or iterations < blocks:
+        raise InputError(f"--paired {iterations} must be at least --rounds {blocks} (iterations are cut into rounds)")
+    replicas = noise_repeats if noise in artifacts else 0
+    items = dict(artifacts) | {f"{noise}#noise{j}": artifacts[noise] for j in range(replicas)}
+    us, failed, notes = paired_samples(device, backend, threads, items, iterations, seed, check_atol, listener)
+    if failed:
+        return {n: [] for n in artifacts}, [], {n: failed[n] for n in artifacts}, {}
+    edges = [round(b * iterations / blocks) for b in range(blocks + 1)]
+
+    def block_medians(xs: list[float]) -> list[float]:
+        return [statistics.median(xs[edges[b]:edges[b + 1]]) for b in range(blocks)]
+
+    per_arch = {n: block_medians(us[n]) for n in artifacts}
+    noise_r = [block_medians(us[f"{noise}#noise{j}"]) for j in range(replicas)]
+    return per_arch, noise_r, {}, {n: v for n, v in notes.items() if n in artifacts}

@@ -168,8 +168,12 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "space": f"{plan.space.name}@{plan.space.resolution}/w{plan.space.width:g}",
         "seed": req.seed,
         "rounds": req.rounds,
+        **({"paired_iterations": req.paired} if req.paired else {}),
         "loop": plan.loop.describe(),
-        "aggregation": "median over rounds of each round's median; rounds interleave all archs in a fresh seeded order",
+        "aggregation": ("sample-level pairing: every iteration times every arch once (its third call in a row) in a "
+                        f"fresh seeded order; {req.paired} iterations cut into {req.rounds} consecutive rounds; median "
+                        "over rounds of each round's median") if req.paired else
+                       "median over rounds of each round's median; rounds interleave all archs in a fresh seeded order",
         "counts": {
             "archs": len(results), "random": sum(r.kind == "random" for r in results),
             "published": sum(r.kind == "published" for r in results), "given": sum(r.kind == "given" for r in results),
