@@ -37,3 +37,20 @@ def _isolated_cache(monkeypatch, cache_dir):
 def fbprof_cmd() -> list[str]:
     exe = Path(os.sys.executable).with_name("fbprof")
     return [str(exe)] if exe.exists() else [os.sys.executable, "-m", "fbprof.cli"]
+
+
+@pytest.fixture
+def remote_device():
+    """A device that measures one loop at a time and cannot pair samples (ADB and companion devices are like it)."""
+    from fbprof.devices.base import Device
+
+    class Remote(Device):
+        name = "remote"
+
+        def fingerprint(self, backend, threads):
+            return {}
+
+        def measure(self, artifact, backend, cfg, threads, on_retry=None):
+            raise AssertionError("not reached")
+
+    return Remote()

@@ -115,23 +115,13 @@ def test_paired_breakdown_differences_samples_iteration_by_iteration(torch_lut, 
     assert res.exit_code != 0 and "must be at least --rounds 3" in res.output
 
 
-def test_paired_breakdown_needs_a_device_that_pairs_samples(torch_lut):
-    from fbprof.devices.base import Device
+def test_paired_breakdown_needs_a_device_that_pairs_samples(torch_lut, remote_device):
     from fbprof.errors import InputError
     from fbprof.verify.breakdown import BreakdownRequest
 
-    class Remote(Device):
-        name = "remote"
-
-        def fingerprint(self, backend, threads):
-            return {}
-
-        def measure(self, artifact, backend, cfg, threads, on_retry=None):
-            raise AssertionError("not reached")
-
     arch = load_space("tiny").arch(["k3_e1", "k5_e3", "skip", "k3_e3"], name="bd-r")
     with pytest.raises(InputError, match="cannot interleave single samples"):
-        BreakdownRequest(torch_lut, Remote(), [arch], paired=10)
+        BreakdownRequest(torch_lut, remote_device, [arch], paired=10)
 
 
 def test_worst_networks_come_from_a_verify_report(tmp_path):

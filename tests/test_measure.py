@@ -260,7 +260,7 @@ def test_noisy_rows_are_measured_again_after_other_rows_not_after_an_idle_pause(
     assert summary.measured == 3 and summary.loop_s == pytest.approx(5 * 0.25)
 
 
-def test_paired_rows_are_medians_of_interleaved_single_calls_and_do_not_mix_with_loop_rows(tmp_path, cache_dir):
+def test_paired_rows_are_medians_of_interleaved_single_calls_and_do_not_mix_with_loop_rows(tmp_path, cache_dir, remote_device):
     os.environ["FBPROF_CACHE_DIR"] = str(cache_dir)
     out = tmp_path / "paired.csv"
     res = run("measure", "--space", "tiny", "--backend", "torch", "--paired", "7", "--out", str(out), "--workers", "1", "-q")
@@ -277,18 +277,8 @@ def test_paired_rows_are_medians_of_interleaved_single_calls_and_do_not_mix_with
     res = run("measure", "--space", "tiny", "--backend", "torch", "--out", str(out), *QUICK)
     assert res.exit_code != 0 and "pairing" in res.output and "measured differently" in res.output
     # a device that cannot pair is refused before anything is measured
-    from fbprof.devices.base import Device
     from fbprof.errors import InputError
     from fbprof.profiler.measure import MeasureRequest
 
-    class Remote(Device):
-        name = "remote"
-
-        def fingerprint(self, backend, threads):
-            return {}
-
-        def measure(self, artifact, backend, cfg, threads, on_retry=None):
-            raise AssertionError("not reached")
-
     with pytest.raises(InputError, match="cannot interleave single samples"):
-        MeasureRequest(specs=[], out=tmp_path / "x.csv", device=Remote(), backend="torch", paired=3)
+        MeasureRequest(specs=[], out=tmp_path / "x.csv", device=remote_device, backend="torch", paired=3)

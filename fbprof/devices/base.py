@@ -61,6 +61,15 @@ class Device(abc.ABC):
     #: the device can time many artifacts sample by sample, interleaved (:meth:`measure_paired`)
     pairs_samples: bool = False
 
+    def check_paired(self, iterations: int, instead: str) -> None:
+        """InputError unless ``iterations`` is 0 (no pairing) or this device can pair samples; ``instead`` says
+        what to use otherwise (e.g. ``"use --rounds"``)."""
+        if iterations < 0:
+            raise InputError("--paired must be >= 0")
+        if iterations and not self.pairs_samples:
+            raise InputError(f"--paired: device {self.name} cannot interleave single samples (the local device can); "
+                             f"{instead}")
+
     def measure_paired(self, artifacts: dict[str, Artifact], backend: str, threads: int, iterations: int,
                        seed: int = 0, on_iteration: Callable[[int], None] | None = None) -> tuple[dict[str, list[float]], dict[str, Any]]:
         """Per-call seconds of every artifact, one sample per iteration, all artifacts in every iteration

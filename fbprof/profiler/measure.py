@@ -69,11 +69,7 @@ class MeasureRequest:
     paired: int = 0
 
     def __post_init__(self) -> None:
-        if self.paired < 0:
-            raise InputError("--paired must be >= 0")
-        if self.paired and not self.device.pairs_samples:
-            raise InputError(f"--paired: device {self.device.name} cannot interleave single samples (the local "
-                             "device can); leave --paired out")
+        self.device.check_paired(self.paired, "leave --paired out")
 
 
 @dataclass

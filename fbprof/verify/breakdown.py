@@ -69,11 +69,7 @@ class BreakdownRequest:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise InputError("--rounds must be >= 1")
-        if self.paired < 0:
-            raise InputError("--paired must be >= 0")
-        if self.paired and not self.device.pairs_samples:
-            raise InputError(f"--paired: device {self.device.name} cannot interleave single samples (the local "
-                             "device can); use --rounds")
+        self.device.check_paired(self.paired, "use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
 

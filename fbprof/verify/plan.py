@@ -68,13 +68,9 @@ class VerifyRequest:
             raise InputError("--rounds must be >= 1")
         if self.noise_repeats < 0:
             raise InputError("--noise-repeats must be >= 0")
-        if self.paired < 0:
-            raise InputError("--paired must be >= 0")
+        self.device.check_paired(self.paired, "use --rounds")
         if self.paired and self.paired < self.rounds:
             raise InputError(f"--paired {self.paired} must be at least --rounds {self.rounds} (iterations are cut into rounds)")
-        if self.paired and not self.device.pairs_samples:
-            raise InputError(f"--paired: device {self.device.name} cannot interleave single samples (the local "
-                             "device can); use --rounds")
         if not 0.0 < self.calib_fraction < 1.0:
             raise InputError(f"calibration fraction must be between 0 and 1, got {self.calib_fraction}")
 
