@@ -69,7 +69,8 @@ class MeasureRequest:
     paired: int = 0
 
     def __post_init__(self) -> None:
-        self.device.check_paired(self.paired, "leave --paired out")
+        if self.paired:  # a device object is only asked when pairing is wanted
+            self.device.check_paired(self.paired, "leave --paired out")
 
 
 @dataclass

@@ -69,7 +69,8 @@ class BreakdownRequest:
     def __post_init__(self) -> None:
         if self.rounds < 1:
             raise InputError("--rounds must be >= 1")
-        self.device.check_paired(self.paired, "use --rounds")
+        if self.paired:  # a device object is only asked when pairing is wanted
+            self.device.check_paired(self.paired, "use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
 

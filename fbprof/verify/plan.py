@@ -68,7 +68,8 @@ class VerifyRequest:
             raise InputError("--rounds must be >= 1")
         if self.noise_repeats < 0:
             raise InputError("--noise-repeats must be >= 0")
-        self.device.check_paired(self.paired, "use --rounds")
+        if self.paired:  # a device object is only asked when pairing is wanted
+            self.device.check_paired(self.paired, "use --rounds")
         if self.paired and self.paired < self.rounds:
             raise InputError(f"--paired {self.paired} must be at least --rounds {self.rounds} (iterations are cut into rounds)")
         if not 0.0 < self.calib_fraction < 1.0:
