@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. trained from scratch
     space0 = resolve_lut_space(read_lut(luts[names[0]]), None, None, None)
     data = training_data(args.data, space0.in_channels, args.train_per_class, args.test_images)
-    plan = proxy_space(space0, 32, data.num_classes)
+    plan = proxy_space(space0, 32, data.num_classes, SearchConfig.min_feature)  # the final map the search trains
     acc: dict[str, list[float]] = {}
     for s in names:
         acc[s] = []

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                          warmup_epochs=args.b_warmup_epochs)
     best_us = res.best.predicted_us
     data = load_data("digits", args.resolution, space.in_channels)
-    plan = proxy_space(space, args.resolution, data.num_classes)
+    plan = proxy_space(space, args.resolution, data.num_classes, SearchConfig.min_feature)  # the final map the search trains
     t0 = time.perf_counter()
     searched = train_child(plan.space, res.best.blocks, head, data, args.train_epochs, seed=args.seed)
     print(f"searched architecture: {searched.accuracy:.4f} held-out accuracy after {args.train_epochs} epochs "

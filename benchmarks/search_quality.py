@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-limit-per-class", type=int, default=DEFAULTS["search_limit_per_class"],
                     help="images per class for the search (default: all of train/)")
     ap.add_argument("--search-epochs", type=int, default=None, help="default: the search's own default")
-    ap.add_argument("--search-min-epoch-steps", type=int, default=None, help="default: the search's own (250)")
+    ap.add_argument("--search-min-epoch-steps", type=int, default=None, help="default: the search's own (SearchConfig.min_epoch_steps)")
     ap.add_argument("--no-fbnet", action="store_true", help="do not train FBNet-A/B/C for the plot")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     lo, hi = _space_range(lat, mask, fixed)
 
     train = training_data(args.data, space.in_channels, args.train_per_class, args.test_images)
-    plan = proxy_space(space, 32, train.num_classes)
+    plan = proxy_space(space, 32, train.num_classes, SearchConfig.min_feature)  # the final map the search trains
     log = print
 
     def fit(blocks, seed: int, head_channels: int | None = None) -> dict:

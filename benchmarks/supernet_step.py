@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lut", default="luts/local-cpu-onnxruntime.csv", help="LUT for the latency term (values do not change timing)")
     ap.add_argument("--space", default=None)
     ap.add_argument("--resolution", type=int, default=32)
-    ap.add_argument("--min-feature", type=int, default=2)
-    ap.add_argument("--batch", type=int, default=32)
+    from fbprof.search.dnas import SearchConfig  # torch-free: the search's defaults, in one place
+
+    ap.add_argument("--min-feature", type=int, default=SearchConfig.min_feature)
+    ap.add_argument("--batch", type=int, default=SearchConfig.batch_size)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per kind (hard mode and child)")
     ap.add_argument("--soft-steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from fbprof.errors import InputError
 
-__all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "round_channels", "FIXED_OPS", "BUILDER_VERSION"]
+__all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "round_channels", "conv_out", "FIXED_OPS", "BUILDER_VERSION"]
 
 #: what an op key builds (fbprof/build.py): bump when build.py changes it, so cached artifacts are rebuilt.
 #: Kept here, torch-free, so the artifact cache hashes it without importing torch.
@@ -137,7 +137,8 @@ def round_channels(value: float, divisor: int = 8) -> int:
     return max(out, divisor)
 
 
-def _conv_out(size: int, kernel: int, stride: int) -> int:
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a convolution padded by kernel // 2 (every conv of the blocks here)."""
     pad = kernel // 2
     return (size + 2 * pad - kernel) // stride + 1
 
@@ -206,7 +207,7 @@ class OpSpec:
         b = self.block
         if b.kind in ("pool", "fc", "irpool"):
             return (1, 1)
-        return _conv_out(self.h, b.kernel, self.stride), _conv_out(self.w, b.kernel, self.stride)
+        return conv_out(self.h, b.kernel, self.stride), conv_out(self.w, b.kernel, self.stride)
 
     @property
     def output_shape(self) -> tuple[int, ...]:

@@ -306,6 +306,31 @@ def test_grid_lut_interpolates_widths_and_expansion():
             g.interpolate(block, 1, h, cin, cout)
 
 
+def test_macs_scheme_is_exact_where_latency_is_proportional_to_macs_and_bilinear_is_not():
+    """``scheme="macs"``: the block's MACs (cin^2 in the expansion conv) times bilinear latency per MAC. On a
+    latency proportional to MACs it is exact between grid points, where plain bilinear overestimates (the
+    chord of a convex function); at the grid points both read the row; differentiable in the widths."""
+    torch = pytest.importorskip("torch")
+    from fbprof.lut.interp import block_macs
+
+    def lat(ci, co):
+        return 0.002 * block_macs("k3_e4_hs", 8, 8, 1, ci, co)
+
+    rows = {f"k3_e4_hs:{ci}x8x8:{co}:s1": lat(ci, co) for ci in (8, 24) for co in (8, 24)}
+    lut = _lut(rows)
+    macs, plain = GridLut(lut, scheme="macs"), GridLut(lut)
+    assert macs.interpolate("k3_e4_hs", 1, 8, 16, 12) == pytest.approx(lat(16, 12))
+    assert plain.interpolate("k3_e4_hs", 1, 8, 16, 12) > 1.05 * lat(16, 12)
+    assert macs.interpolate("k3_e4_hs", 1, 8, 24, 8) == pytest.approx(rows["k3_e4_hs:24x8x8:8:s1"])
+    assert block_macs("k3_e4_hs", 8, 8, 1, 16, 24) == OpSpec.parse("k3_e4_hs:16x8x8:24:s1").macs()
+    cin = torch.tensor(16.0, requires_grad=True)
+    out = macs.interpolate("k3_e4_hs", 1, 8, cin, torch.tensor(12.0))
+    out.backward()
+    assert cin.grad.item() == pytest.approx(0.002 * (2 * 4 * 16 * 64 + 4 * 9 * 64 + 4 * 12 * 64), rel=1e-6)
+    with pytest.raises(InputError, match="scheme"):
+        GridLut(lut, scheme="cubic")
+
+
 def test_grid_lut_is_differentiable_in_the_search():
     torch = pytest.importorskip("torch")
     g = GridLut(_synthetic_lut())

@@ -481,13 +481,77 @@ def test_straight_through_estimator_is_still_available(tiny_lut, image_folder, t
 
 
 def test_default_schedule_counts_weight_steps():
-    """Without --epochs: about 2,000 weight steps, at least 5 epochs, half of them weights only
-    (digits: 8 epochs of 280 steps; CIFAR-10: 5 of 1,250)."""
+    """Without --epochs: at least 640 weight steps and 10 epochs of at least 64 steps, half of them weights only
+    (batch 128; digits: 10 epochs of 8 passes, 72 steps with the partial batches; CIFAR-10: 10 of one pass, 313)."""
     from fbprof.search.dnas import SearchConfig, _Dist, schedule
 
     cfg = SearchConfig(lut="unused.csv")
     dist = _Dist(cfg)
     digits = schedule(cfg, dist, torch.arange(1151), torch.arange(287))
     cifar = schedule(cfg, dist, torch.arange(40000), torch.arange(10000))
-    assert digits == (8, 280, 9, 8, 4)  # passes, w steps per epoch, theta passes, epochs, warm-up
-    assert cifar == (1, 1250, 1, 5, 2)
+    assert digits == (8, 72, 8, 10, 5)  # passes, w steps per epoch (8 passes of 8 full batches + 1 of 127), theta passes, epochs, warm-up
+    assert cifar == (1, 313, 1, 10, 5)  # 312 full batches + 1 of 64
+
+
+def test_calibrated_search_reads_costs_from_the_luts_stored_calibration(tiny_lut, image_folder, tmp_path):
+    """--calibrated: every candidate's cost is its share of the LUT's calibrated prediction (group scale x raw,
+    plus the weight_mb term), the intercept joins the fixed part, and the architectures' predicted latency is
+    the calibrated one; a LUT without a (current) calibration is refused before any training."""
+    import shutil
+
+    from fbprof.errors import InputError
+    from fbprof.lut.calibration import LinearCalibration, calibration_of, store_calibration
+    from fbprof.lut.predict import predict
+    from fbprof.search.dnas import resolve_lut_space, run_search
+    from fbprof.search.supernet import latency_table
+    from fbprof.space import load_arch
+
+    path = tmp_path / "cal.csv"
+    shutil.copy(tiny_lut, path)
+    with pytest.raises(InputError, match="no calibration"):
+        run_search(_config(path, image_folder, tmp_path / "none", calibrated=True))
+    lut = store_calibration(str(path), LinearCalibration("weights", 100.0, {"all": 0.5, "weight_mb": 10.0}), {"fitted_on": 3})
+    sp = resolve_lut_space(lut, None, None, None)
+    head = sp.head_channels[0]
+    raw, mask, raw_fixed, _ = latency_table(sp, lut, head)
+    cal, _, cal_fixed, _ = latency_table(sp, lut, head, calibration_of(lut))
+    for li, layer in enumerate(sp.layers):
+        for ci, cand in enumerate(layer.candidates):
+            spec = layer.spec(cand)
+            mb = 0.0 if spec.is_identity else 4 * spec.params() / 1e6
+            assert float(cal[li, ci]) == pytest.approx(0.5 * float(raw[li, ci]) + 10.0 * mb, rel=1e-5)
+    blocks = [layer.candidates[0] for layer in sp.layers]
+    arch = sp.arch(blocks, head)
+    pred = predict(arch, lut)
+    chosen = sum(float(cal[li, 0]) for li in range(len(sp.layers)))
+    assert cal_fixed + chosen == pytest.approx(pred.calibrated_us, rel=1e-5)
+    fixed_specs = [sp.stem, *(s for _, s in sp.tail_specs(head))]
+    assert cal_fixed == pytest.approx(100.0 + 0.5 * raw_fixed + 10.0 * sum(4 * s.params() / 1e6 for s in fixed_specs),
+                                      rel=1e-6)
+
+    res = run_search(_config(path, image_folder, tmp_path / "run", calibrated=True, epochs=2, max_steps=2))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["search"]["latency"].startswith("weights: 100.0 us")
+    best = load_arch(tmp_path / "run" / "arch-best.yaml")
+    assert res.best.predicted_us == pytest.approx(predict(best, lut).calibrated_us)
+    # a refit calibration does not silently change a run half done
+    store_calibration(str(path), LinearCalibration("scale", 0.0, {"all": 0.8}), {"fitted_on": 3})
+    with pytest.raises(InputError, match="calibration changed"):
+        run_search(_config(path, image_folder, tmp_path / "run", calibrated=True, epochs=3, max_steps=2, resume=True))
+    # a calibration whose cheapest architecture is not a latency is refused before any training
+    store_calibration(str(path), LinearCalibration("linear", -1e9, {"all": 1.0}), {"fitted_on": 3})
+    with pytest.raises(InputError, match="cheapest architecture"):
+        run_search(_config(path, image_folder, tmp_path / "neg", calibrated=True))
+
+
+def test_a_resumed_search_keeps_its_planned_epochs_unless_epochs_is_given():
+    """Resuming without --epochs keeps the checkpoint's number of epochs (and its warm-up), so a change of the
+    default schedule does not re-plan a run half done; --epochs still grows it."""
+    from fbprof.search.dnas import SearchConfig, _Dist, schedule
+
+    cfg = SearchConfig(lut="unused.csv")
+    dist = _Dist(cfg)
+    w, t = torch.arange(40000), torch.arange(10000)
+    assert schedule(cfg, dist, w, t, {"epochs": 5})[3:] == (5, 2)
+    assert schedule(SearchConfig(lut="unused.csv", epochs=12), dist, w, t, {"epochs": 5})[3:] == (12, 6)
+    assert schedule(cfg, dist, w, t, None)[3:] == (10, 5)

@@ -196,7 +196,8 @@ def test_interp_check_remeasures_heldout_ops_and_their_corners_interleaved(grid,
     write_lut(held_path, dict(lut.header), rows)
     res = run("lut", "interp-check", lut_path, held_path, "--remeasure", "--rounds", 2, "--cache-dir", tmp_path / "c", "-q")
     assert res.exit_code == 0, res.output
-    assert "interleaved rounds" in res.output and "MAPE" in res.output and "1000000.0" not in res.output
+    text = " ".join(res.output.split())
+    assert "interleaved rounds" in text and "MAPE" in text and "1000000.0" not in text
 
     from fbprof.backends.cache import ArtifactCache
     from fbprof.devices.local import LocalDevice
@@ -209,3 +210,42 @@ def test_interp_check_remeasures_heldout_ops_and_their_corners_interleaved(grid,
     for key, m, p in check.rows:
         assert m == pytest.approx(sorted(measured[key])[0] / 2 + sorted(measured[key])[1] / 2)
         assert 0 < p < 1e6
+
+
+def test_interp_check_paired_times_every_op_once_per_iteration(grid, tmp_path, remote_device):
+    """`lut interp-check --remeasure --paired N`: N per-call samples of every op (held-out and corners), the
+    medians compared; --paired without --remeasure, or on a device that cannot pair samples, is an error."""
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.local import LocalDevice
+    from fbprof.errors import InputError
+    from fbprof.lut.interp import GridLut
+    from fbprof.verify.interp import interleaved_interp_check
+
+    lut_path, _ = grid
+    lut = read_lut(lut_path)
+    held = lut.space().heldout_specs(2, seed=1)
+    check, measured = interleaved_interp_check(lut, [s.key for s in held], LocalDevice(), ArtifactCache(tmp_path / "c"),
+                                               paired=7)
+    g = GridLut(lut)
+    assert set(measured) == {s.key for s in held} | {k for s in held for k in g.sources(s)}
+    assert all(len(v) == 7 for v in measured.values())  # one sample per iteration
+    for key, m, _ in check.rows:
+        assert m == pytest.approx(sorted(measured[key])[3])
+    with pytest.raises(InputError, match="--paired"):
+        interleaved_interp_check(lut, [s.key for s in held], remote_device, ArtifactCache(tmp_path / "c"), paired=3)
+    rows = [LutRow(s.key, "ok", Stats(5, 1, 1e6, 1e6, 1e6, 1e6, 0.0, 0.0, 1e6, 1e6)) for s in held]
+    held_path = tmp_path / "heldout.csv"
+    write_lut(held_path, dict(lut.header), rows)
+    res = run("lut", "interp-check", lut_path, held_path, "--paired", 5)
+    assert res.exit_code != 0 and "--remeasure" in res.output and "Traceback" not in res.output
+    res = run("lut", "interp-check", lut_path, held_path, "--remeasure", "--paired", 5, "--cache-dir", tmp_path / "c", "-q")
+    assert res.exit_code == 0, res.output
+    assert "5 paired iterations" in " ".join(res.output.split()) and "MAPE" in res.output
+    res = run("lut", "interp-check", lut_path, held_path, "--interp", "cubic")
+    assert res.exit_code != 0 and "--interp must be one of bilinear, macs" in " ".join(res.output.split())
+    assert "Traceback" not in res.output
+    from fbprof.verify.interp import same_run_check
+
+    for scheme in ("bilinear", "macs"):  # the same samples, read with either scheme (benchmarks/interp_schemes.py)
+        again = same_run_check(lut, sorted(s.key for s in held), measured, scheme)
+        assert [k for k, _, _ in again.rows] == sorted(s.key for s in held) and all(p > 0 for _, _, p in again.rows)

@@ -182,6 +182,11 @@ def interp_check(
     device: str = typer.Option("local", "--device", "-d", help="with --remeasure: the device the LUTs were measured on"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="with --remeasure: interleaved rounds"),
     seed: int = typer.Option(0, "--seed", help="with --remeasure: seed of the visiting order"),
+    paired: int = typer.Option(0, "--paired", min=0, help="with --remeasure: sample-level pairing instead of rounds: N "
+                               "iterations, each timing every op once (local device), medians of the N samples"),
+    scheme: str = typer.Option("bilinear", "--interp", help="interpolation between grid points: bilinear (latency "
+                               "bilinear in cin x cout, what predict and search use) or macs (the block's MACs times "
+                               "bilinear latency per MAC)"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
     quiet: bool = quiet_option(),
 ) -> None:
@@ -195,6 +200,12 @@ def interp_check(
         if g.header.get(name) != h.header.get(name):
             raise InputError(f"{grid} and {heldout} were measured differently ({name}: {g.header.get(name)!r} vs "
                              f"{h.header.get(name)!r})")
+    from fbprof.lut.interp import SCHEMES
+
+    if scheme not in SCHEMES:
+        raise InputError(f"--interp must be one of {', '.join(SCHEMES)}, got {scheme!r}")
+    if paired and not remeasure:
+        raise InputError("--paired measures again: use it with --remeasure")
     if remeasure:
         from fbprof.backends.cache import ArtifactCache
         from fbprof.cli.verify import _Progress
@@ -208,13 +219,14 @@ def interp_check(
             dev.check_backend(g.header.get("backend", ""))
             try:
                 check, _ = interleaved_interp_check(g, list(h.rows), dev, ArtifactCache(cache_dir), rounds=rounds,
-                                                    seed=seed, listener=listener)
+                                                    seed=seed, listener=listener, paired=paired, scheme=scheme)
             finally:
                 listener.stop()
-        console.print(f"held-out ops and the grid rows they read measured again, {rounds} interleaved rounds "
-                      f"on {device} (medians of the round medians)")
+        how = (f"{paired} paired iterations (every op timed once per iteration; medians of the samples)" if paired
+               else f"{rounds} interleaved rounds (medians of the round medians)")
+        console.print(f"held-out ops and the grid rows they read measured again on {device}: {how}")
     else:
-        check = check_interpolation(g, h)
+        check = check_interpolation(g, h, scheme=scheme)
     t = Table("key", "measured µs", "interpolated µs", "error")
     for key, m, p in check.rows:
         t.add_row(key, f"{m:.1f}", f"{p:.1f}", f"{100 * (p - m) / m:+.1f}%" if m > 0 else "-")

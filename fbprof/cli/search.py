@@ -8,18 +8,21 @@ from typing import Optional
 import typer
 
 from fbprof.cli.common import console, err_console, json_option, quiet_option, verbose_option, verbosity
-from fbprof.search.dnas import SearchListener  # torch-free
+from fbprof.search.dnas import AUTO_W_STEPS, MIN_EPOCHS, SearchConfig, SearchListener  # torch-free
+
+_D = SearchConfig  # the defaults live in one place: SearchConfig's fields
 
 HELP = """Search an architecture with FBNet's DNAS, latencies read from a device LUT.
 
-Defaults: the digits shipped with scikit-learn at a 32 px proxy resolution, about 2000 weight steps
-(the first half weights only), hard (one-path) Gumbel-softmax sampling; see docs/search.md for the
+Defaults: the digits shipped with scikit-learn at a 32 px proxy resolution, batch {batch}, at least {epochs}
+epochs of at least {steps} weight steps (the first half weights only), hard (one-path) Gumbel-softmax sampling; see docs/search.md for the
 schedule and the expected wall time. Writes arch-best.yaml
 and arch-sample-K.yaml (read by `fbprof arch info`, `fbprof predict`, `fbprof export`, `fbprof verify`),
 theta_history.json, theta.png, summary.json and a checkpoint per epoch (--resume continues).
 A grid LUT (`fbprof measure --space fbnetv2`) runs FBNetV2's DMaskingNAS instead: widths, blocks and input
 resolution, e.g. `fbprof search --space fbnetv2 --lut luts/local-cpu-litert-fbnetv2.csv` (docs/search.md).
-Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md)."""
+Multi-GPU: torchrun --nproc_per_node N $(which fbprof) search --device cuda ... (see docs/search.md).""".format(
+    batch=_D.batch_size, epochs=MIN_EPOCHS, steps=_D.min_epoch_steps)
 
 
 def search(
@@ -31,28 +34,30 @@ def search(
     head_channels: Optional[int] = typer.Option(None, "--head-channels", help="head width (default: the space's first)"),
     data: str = typer.Option("digits", "--data", help="'digits' (scikit-learn, offline), an ImageFolder directory, or a directory with train/ and test/ ImageFolders (test/ = held out)"),
     limit_per_class: Optional[int] = typer.Option(None, "--limit-per-class", min=1, help="use the first N training images of every class (quick runs)"),
-    resolution: int = typer.Option(32, "--resolution", "-r", min=8, help="proxy training resolution (strides adapted, see docs)"),
-    min_feature: int = typer.Option(2, "--min-feature", min=1, help="smallest final feature map of the proxy network"),
-    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="default: enough for 2000 weight steps, at least 5 (an epoch is at least 250 weight steps)"),
+    resolution: int = typer.Option(_D.resolution, "--resolution", "-r", min=8, help="proxy training resolution (strides adapted, see docs)"),
+    min_feature: int = typer.Option(_D.min_feature, "--min-feature", min=1, help="smallest final feature map of the proxy network"),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help=f"default: at least {MIN_EPOCHS}, and enough for {AUTO_W_STEPS} weight steps (an epoch is at least --min-epoch-steps weight steps)"),
     warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", min=0, help="epochs training the weights only (default: half the epochs)"),
-    batch_size: int = typer.Option(32, "--batch-size", "-b", min=2),
-    w_lr: float = typer.Option(0.02, "--lr", help="SGD learning rate of the weights (1 epoch warm-up, then cosine)"),
-    theta_lr: float = typer.Option(0.05, "--theta-lr", help="Adam learning rate of the architecture parameters"),
-    tau0: float = typer.Option(5.0, "--tau0", help="initial Gumbel-softmax temperature"),
-    tau_decay: float = typer.Option(0.045, "--tau-decay", help="tau is multiplied by exp(-tau_decay) every epoch"),
-    alpha: float = typer.Option(0.2, "--alpha", help="loss CE * alpha * log(LAT_us)^beta"),
-    beta: float = typer.Option(0.6, "--beta"),
+    batch_size: int = typer.Option(_D.batch_size, "--batch-size", "-b", min=2),
+    w_lr: float = typer.Option(_D.w_lr, "--lr", help="SGD learning rate of the weights (1 epoch warm-up, then cosine)"),
+    theta_lr: float = typer.Option(_D.theta_lr, "--theta-lr", help="Adam learning rate of the architecture parameters"),
+    tau0: float = typer.Option(_D.tau0, "--tau0", help="initial Gumbel-softmax temperature"),
+    tau_decay: float = typer.Option(_D.tau_decay, "--tau-decay", help="tau is multiplied by exp(-tau_decay) every epoch"),
+    alpha: float = typer.Option(_D.alpha, "--alpha", help="loss CE * alpha * log(LAT_us)^beta"),
+    beta: float = typer.Option(_D.beta, "--beta"),
     target_ms: Optional[float] = typer.Option(None, "--target-ms", help="latency budget: loss CE + lambda * (log(LAT/T)^2 + log(LAT_peak/T)^2), see docs/search.md"),
-    target_weight: float = typer.Option(2.0, "--target-weight", help="lambda of the target penalty"),
+    target_weight: float = typer.Option(_D.target_weight, "--target-weight", help="lambda of the target penalty"),
     mode: str = typer.Option("hard", "--mode", help="hard: run the sampled candidate only; soft: weighted sum of all"),
     estimator: str = typer.Option("rloo", "--estimator", help="hard mode's architecture gradient: rloo (score function over "
                                   "--theta-paths paths, leave-one-out baseline) or straight-through (see docs/search.md)"),
-    theta_paths: int = typer.Option(4, "--theta-paths", min=2, help="rloo: paths sampled per architecture step (same batch)"),
-    samples: int = typer.Option(5, "--samples", "-k", min=0, help="architectures sampled from the final distribution"),
+    theta_paths: int = typer.Option(_D.theta_paths, "--theta-paths", min=2, help="rloo: paths sampled per architecture step (same batch)"),
+    samples: int = typer.Option(_D.samples, "--samples", "-k", min=0, help="architectures sampled from the final distribution"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="cap steps per phase per epoch (quick trials)"),
-    min_epoch_steps: int = typer.Option(250, "--min-epoch-steps", min=1, help="small datasets are cycled until an epoch has this many weight steps"),
+    min_epoch_steps: int = typer.Option(_D.min_epoch_steps, "--min-epoch-steps", min=1, help="small datasets are cycled until an epoch has this many weight steps"),
+    calibrated: bool = typer.Option(False, "--calibrated", help="latency term, target and predictions from the LUT's "
+                                    "stored calibration (fitted by `fbprof verify`) instead of raw LUT sums"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint.pt"),
     quiet: bool = quiet_option(),
     verbose: bool = verbose_option(),
@@ -70,7 +75,7 @@ def search(
         data=data, limit_per_class=limit_per_class, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
         batch_size=batch_size, w_lr=w_lr, theta_lr=theta_lr, tau0=tau0, tau_decay=tau_decay, alpha=alpha, beta=beta,
         target_ms=target_ms, target_weight=target_weight, mode=mode, estimator=estimator, theta_paths=theta_paths, samples=samples, seed=seed, device=device,
-        max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume,
+        max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume, calibrated=calibrated,
     )
     listener = SearchProgress(level < 0 or json_out)
     try:
@@ -137,6 +142,7 @@ class SearchProgress(SearchListener):
                 f"(theta: {info.get('theta_gradient', '?')}); "
                 f"{info['epochs']} epochs ({info['warmup_epochs']} weights only) of {info['w_steps_per_epoch']} weight steps"
                 + (f"; target {info['target_us'] / 1000:.3f} ms" if info.get("target_us") else "")
+                + (f"; latency {info['latency']}" if info.get("latency", "raw LUT sums") != "raw LUT sums" else "")
                 + (f"; {info['world_size']} processes" if info.get("world_size", 1) > 1 else "")
             )
         self.epochs = info["epochs"]
@@ -187,7 +193,8 @@ def print_result(result) -> None:
 
     dev = result.proxy.get("device_name", "?")
     t = Table("arch", "log P", "predicted ms", "MACs", "params", "file",
-              title=f"searched on {result.lut_space}, latency predicted from the LUT of {dev} / {result.proxy.get('backend', '?')}")
+              title=f"searched on {result.lut_space}, latency predicted from the LUT of {dev} / {result.proxy.get('backend', '?')}"
+                    + (f", calibrated ({result.proxy['latency']})" if result.proxy.get("latency", "raw LUT sums") != "raw LUT sums" else ""))
     for a in result.archs:
         t.add_row(a.label, f"{a.log_prob:.2f}", f"{a.predicted_us / 1000:.3f}", f"{a.macs / 1e6:.1f}M",
                   f"{a.params / 1e6:.2f}M", Path(a.path).name)

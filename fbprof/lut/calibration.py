@@ -175,6 +175,16 @@ class LinearCalibration:
             raise ValueError("a grouped calibration needs its LUT to split the sum")
         return self.apply_sums(group_sums(arch, self.lut, self.grouping))
 
+    def op_us(self, part: str, spec: Any, space: Any, raw_us: float) -> float:
+        """One op's share of the calibrated latency (without the intercept): its group's scale times its LUT
+        latency ``raw_us``, plus the ``weight_mb`` term for its weights. Summed over an architecture's ops (part
+        as in :func:`arch_parts`) and added to ``intercept_us`` it is :meth:`apply`; per op it lets a search's
+        latency term read calibrated costs."""
+        us = self.scales[group_of(part, spec, self.grouping, space)] * raw_us
+        if "weight_mb" in self.scales:
+            us += self.scales["weight_mb"] * 4 * spec.params() / 1e6
+        return us
+
     def to_json(self) -> str:
         d = {"schema": CALIBRATION_SCHEMA, "model": self.model, "intercept_us": round(self.intercept_us, 3),
              "scales": {g: round(v, 6) for g, v in self.scales.items()}}

@@ -2,7 +2,9 @@
 
 A LUT built for a channel space (``fbprof measure --space fbnetv2``) measures every interpolatable block
 (the inverted residuals) at the points of a (cin, cout) grid per layer position; its header ``grid`` names
-the cells (:class:`fbprof.space.GridCell`). Between the points latency is **bilinear in cin x cout**; a block
+the cells (:class:`fbprof.space.GridCell`). Between the points latency is **bilinear in cin x cout** (``scheme="bilinear"``, the default), or, with
+``scheme="macs"``, the block's multiply-accumulates (a polynomial in cin and cout: the expansion conv grows
+with cin^2) times the bilinear interpolation of latency per MAC at the corners; a block
 whose expansion lies between two measured expansions of its family (``k5_e5p4566_hs`` between ``k5_e4_hs``
 and ``k5_e7_hs``) is in addition **linear in the expansion**. Skips, stems, heads and FC layers are measured
 at every shape they can take and are read exactly.
@@ -21,9 +23,13 @@ from typing import Any, Sequence
 from fbprof.errors import InputError
 from fbprof.lut.table import Lut
 from fbprof.space import GridCell
-from fbprof.spec import OpSpec, parse_block
+from fbprof.spec import OpSpec, conv_out, parse_block
 
-__all__ = ["bilinear", "OutsideGridError", "GridLut", "predict_interpolated", "InterpCheck", "check_interpolation"]
+__all__ = ["bilinear", "block_macs", "SCHEMES", "OutsideGridError", "GridLut", "predict_interpolated", "InterpCheck",
+           "check_interpolation"]
+
+#: how latency between grid points is interpolated (module docstring)
+SCHEMES = ("bilinear", "macs")
 
 _EPS = 1e-9
 
@@ -75,16 +81,32 @@ def bilinear(xs: Sequence[float], ys: Sequence[float], values: Sequence[Sequence
             + tx * (1 - ty) * values[i1][j0] + tx * ty * values[i1][j1])
 
 
+def block_macs(block: str, h: int, w: int, stride: int, cin: Any, cout: Any) -> Any:
+    """Multiply-accumulates of an inverted-residual block as a smooth function of (possibly fractional or
+    tensor) widths: :meth:`fbprof.spec.OpSpec.macs` without its rounding of the hidden and SE widths, so
+    that it is differentiable in ``cin`` and ``cout``."""
+    b = parse_block(block)
+    oh, ow = conv_out(h, b.kernel, stride), conv_out(w, b.kernel, stride)
+    mid = cin * b.expansion
+    expand = 0.0 if b.expansion == 1 else cin * mid / b.groups * h * w
+    se = mid * oh * ow + 2 * mid * mid * 0.25 if b.se else 0.0
+    return expand + mid * b.kernel * b.kernel * oh * ow + se + mid * cout / b.groups * oh * ow
+
+
 @dataclass
 class GridLut:
-    """A grid LUT ready for queries: exact rows, and interpolation inside the header's grid cells."""
+    """A grid LUT ready for queries: exact rows, and interpolation inside the header's grid cells
+    (``scheme``: one of :data:`SCHEMES`)."""
 
     lut: Lut
+    scheme: str = "bilinear"
     cells: list[GridCell] = field(init=False)
     _rows: dict[tuple, float] = field(init=False, repr=False)
     _exps: dict[tuple, list] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise InputError(f"interpolation scheme must be one of {', '.join(SCHEMES)}, got {self.scheme!r}")
         self.cells = self.lut.grid()
         self._rows = {}
         exps: dict[tuple, set] = {}
@@ -131,7 +153,7 @@ class GridLut:
             raise OutsideGridError(self.path, [f"{what}: {why}"])
         table = self._corners(block, cell)
         if table is not None:
-            return bilinear(cell.cin, cell.cout, table, cin, cout)
+            return self._in_cell(block, cell, table, cin, cout)
         exps = [e for e in self._exps.get((b.family, h, w, stride), [])
                 if self._corners(_with_expansion(block, e), cell) is not None]
         lo = [e for e in exps if e <= b.expansion]
@@ -142,12 +164,20 @@ class GridLut:
                     f", and expansion {b.expansion:g} is not between measured ones of {b.family} "
                     f"({', '.join(f'{e:g}' for e in exps)})" if exps else f" (nor any block of family {b.family})")])
         e0, e1 = max(lo), min(hi)
-        v0 = bilinear(cell.cin, cell.cout, self._corners(_with_expansion(block, e0), cell), cin, cout)
+        b0, b1 = _with_expansion(block, e0), _with_expansion(block, e1)
+        v0 = self._in_cell(b0, cell, self._corners(b0, cell), cin, cout)
         if e1 == e0:
             return v0
-        v1 = bilinear(cell.cin, cell.cout, self._corners(_with_expansion(block, e1), cell), cin, cout)
+        v1 = self._in_cell(b1, cell, self._corners(b1, cell), cin, cout)
         u = (b.expansion - e0) / (e1 - e0)
         return (1 - u) * v0 + u * v1
+
+    def _in_cell(self, block: str, cell: GridCell, table: list[list[float]], cin: Any, cout: Any) -> Any:
+        if self.scheme == "bilinear":
+            return bilinear(cell.cin, cell.cout, table, cin, cout)
+        work = [[block_macs(block, cell.h, cell.w, cell.stride, ci, co) for co in cell.cout] for ci in cell.cin]
+        per_mac = [[v / m for v, m in zip(vs, ms)] for vs, ms in zip(table, work)]
+        return block_macs(block, cell.h, cell.w, cell.stride, cin, cout) * bilinear(cell.cin, cell.cout, per_mac, cin, cout)
 
     def sources(self, spec: OpSpec) -> list[str]:
         """Keys of the grid rows that interpolating ``spec`` reads (the corners of its cell, for each
@@ -231,11 +261,12 @@ class InterpCheck:
         return 100.0 * sum(self.error(m, p) for _, m, p in self.rows) / len(self.rows)
 
 
-def check_interpolation(grid: Lut, heldout: Lut, statuses: tuple[str, ...] = ("ok", "unstable")) -> InterpCheck:
+def check_interpolation(grid: Lut, heldout: Lut, statuses: tuple[str, ...] = ("ok", "unstable"),
+                        scheme: str = "bilinear") -> InterpCheck:
     """Compare every inverted-residual row of ``heldout`` (measured directly, off the grid) with the
-    interpolation ``grid`` gives for it. Rows with another status, or that the grid cannot answer, are
-    listed as skipped."""
-    g = GridLut(grid)
+    interpolation ``grid`` gives for it (``scheme``). Rows with another status, or that the grid cannot
+    answer, are listed as skipped."""
+    g = GridLut(grid, scheme=scheme)
     rows, skipped = [], []
     for key in sorted(heldout.rows):
         row = heldout.rows[key]

@@ -409,7 +409,7 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     w_idx, t_idx = stratified_split(data.y_train, 0.2, cfg.seed)
     if len(w_idx) < 2 or len(t_idx) < 2:
         raise InputError(f"{data.describe()}: too few images to split 80/20 into weight and architecture sets")
-    reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx)
+    reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx, meta_prev)
 
     def bound(pick) -> float:  # latency with the narrowest (widest) option of every group, cheapest (dearest) block
         idx = {k: [pick(range(int(m.sum()))) for m in masks[k]] for k in ("res", "stem", "width")}

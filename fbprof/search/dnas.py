@@ -55,16 +55,17 @@ ESTIMATORS = ("rloo", "straight-through")
 #: likely architecture's in the second penalty term
 PEAK_TAU = 0.1
 #: settings added after checkpoints were first written, with the value every older checkpoint was made with
-LEGACY_SETTINGS = {"estimator": "straight-through", "theta_paths": 4}
-RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps"}
-#: default length of a search, in weight steps (``--epochs`` not given): enough for the supernet's CE to fall
-#: well below chance on the digits and on CIFAR-10 (docs/search.md, "Schedule")
-AUTO_W_STEPS = 2000
-#: ``--epochs`` not given: at least this many epochs (CIFAR-10's 1,250-step epochs: 5, 2 of them warm-up)
-MIN_EPOCHS = 5
+LEGACY_SETTINGS = {"estimator": "straight-through", "theta_paths": 4, "calibrated": False}
+RESUMABLE_CHANGES = {"epochs", "out", "resume", "device", "samples", "max_steps", "auto_w_steps"}
+#: default length of a search (``--epochs`` not given): at least this many weight steps in all ...
+AUTO_W_STEPS = 640
+#: ... and at least this many epochs (CIFAR-10: 10 passes of 312 steps of 128, 5 of them warm-up; the digits:
+#: 10 epochs of 64 steps). Measured on CIFAR-10 (held-out accuracy of the most likely path): 5 epochs of batch 32
+#: 0.464, 10 of batch 128 0.475, the same with a 4x4 final map (``min_feature``) 0.506 (docs/search.md, "Schedule")
+MIN_EPOCHS = 10
 #: an epoch has at least this many weight steps (small datasets are cycled): a per-epoch schedule of tau,
 #: warm-up and checkpoints then means the same on 1,000 images as on 50,000
-MIN_EPOCH_W_STEPS = 250
+MIN_EPOCH_W_STEPS = 64
 #: per-epoch evaluation of the most likely path: BN statistics from this many weight-split images, accuracy and
 #: CE on at most this many architecture-split images
 EVAL_CAL_IMAGES = 512
@@ -82,12 +83,12 @@ class SearchConfig:
     data: str = "digits"
     limit_per_class: int | None = None  # use only the first N training images of every class (quick runs)
     resolution: int = 32  # proxy training resolution
-    min_feature: int = 2  # stride adaptation: smallest final feature map of the proxy network
+    min_feature: int = 4  # stride adaptation: smallest final feature map of the proxy network (2: cheaper, less accurate)
     test_fraction: float = 0.2
-    epochs: int | None = None  # default: enough epochs for AUTO_W_STEPS weight steps, at least 3
+    epochs: int | None = None  # default: enough epochs for AUTO_W_STEPS weight steps, at least MIN_EPOCHS
     warmup_epochs: int | None = None  # default: half the epochs (at least 1)
-    batch_size: int = 32
-    w_lr: float = 0.02
+    batch_size: int = 128
+    w_lr: float = 0.05
     w_momentum: float = 0.9
     w_weight_decay: float = 1e-4
     theta_lr: float = 0.05
@@ -109,6 +110,7 @@ class SearchConfig:
     auto_w_steps: int = AUTO_W_STEPS  # --epochs not given: about this many weight steps in all
     resume: bool = False
     shared_init: bool = True  # shape-changing layers' candidates start as one function (see supernet.py)
+    calibrated: bool = False  # latency term and predictions from the LUT's stored calibration (docs/search.md)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -321,6 +323,8 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     # ---- LUT and space: every problem before any training -------------------------------------
     lut = read_lut(cfg.lut)
     if "grid" in lut.header:  # a grid LUT is built for a channel space (FBNetV2): the DMaskingNAS search
+        if cfg.calibrated:
+            raise InputError(f"{cfg.lut}: --calibrated: a grid LUT carries no calibration (verify fits none on grid LUTs)")
         from fbprof.search.dmasking import run_dmasking
 
         return run_dmasking(cfg, listener, lut)
@@ -330,7 +334,15 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     lut_space.tail_specs(head)  # validates
     warnings = [f"LUT row {r.key} is {r.status}" + (f": {r.note}" if r.note else "")
                 for r in lut.not_ok(lut_space.all_specs())]
-    lat, mask, fixed_us, _keys = latency_table(lut_space, lut, head)
+    calibration = None
+    if cfg.calibrated:
+        from fbprof.lut.calibration import calibration_of
+
+        calibration = calibration_of(lut)
+        if calibration is None:
+            raise InputError(f"{cfg.lut}: --calibrated: the LUT has no calibration, or its rows changed since it was "
+                             "fitted", hint="fit one with `fbprof verify --lut FILE` (it stores the calibration in the LUT)")
+    lat, mask, fixed_us, _keys = latency_table(lut_space, lut, head, calibration)
     target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
 
     ckpt = out / CHECKPOINT
@@ -346,9 +358,17 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         raise InputError(f"{data.describe()}: too few images to split 80/20 into weight and architecture sets")
 
     # ---- schedule: epochs of at least MIN_EPOCH_W_STEPS weight steps; by default AUTO_W_STEPS in all ----
-    reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx)
+    reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx, meta_prev)
     lo_us = fixed_us + float(lat.masked_fill(~mask, float("inf")).min(dim=1).values.sum())
     hi_us = fixed_us + float(lat.masked_fill(~mask, float("-inf")).max(dim=1).values.sum())
+    latency = calibration.describe() if calibration is not None else "raw LUT sums"
+    if calibration is not None and (lo_us <= 1.0 or bool((lat.masked_fill(~mask, 0.0) < 0).any())):
+        raise InputError(f"{cfg.lut}: --calibrated: the stored calibration ({latency}) gives a cheapest architecture of "
+                         f"{lo_us:.1f} us or negative per-op costs: not a latency the loss can take the log of",
+                         hint="search without --calibrated, or re-fit the calibration with `fbprof verify`")
+    if meta_prev is not None and meta_prev.get("latency", "raw LUT sums") != latency:
+        raise InputError(f"{out / CHECKPOINT} was searched with latency {meta_prev.get('latency', 'raw LUT sums')!r}, "
+                         f"now {latency!r} (the LUT's calibration changed)", hint="resume with the LUT it was made with, or use another --out")
 
     torch.manual_seed(cfg.seed)
     net = Supernet(proxy, head, shared_init=cfg.shared_init, seed=cfg.seed).to(device, memory_format=MEMORY_FORMAT)
@@ -374,6 +394,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         "w_steps_per_epoch": w_steps if not cfg.max_steps else min(w_steps, cfg.max_steps),
         "start_epoch": start, "world_size": dist.world, "target_us": target_us, "fixed_us": fixed_us,
         "lut_range_us": [lo_us, hi_us], "data_notes": list(data.notes), "shared_init_candidates": net.shared_init,
+        "latency": latency,
     }
     lis.on_start(info)
     if warnings:  # one line, not a scroll: every row is listed in summary.json's "warnings"
@@ -470,7 +491,8 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         }
         history.append(record)
         if dist.main:
-            meta = {"epoch_done": epoch + 1, "epochs": epochs, "config": cfg.identity(), "history": history}
+            meta = {"epoch_done": epoch + 1, "epochs": epochs, "config": cfg.identity(), "history": history,
+                    "latency": latency}
             state = {"supernet": net.state_dict(), "theta": th.clone(), "opt_w": opt_w.state_dict(),
                      "opt_theta": opt_t.state_dict()}
             _save_checkpoint(out, state, meta)
@@ -507,7 +529,8 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
         pred = predict(arch, lut)
         if dist.main:
             arch.dump(path)
-        archs.append(ArchResult(label, arch.name, blocks, str(path), pred.total_us, arch.macs(), arch.params(),
+        archs.append(ArchResult(label, arch.name, blocks, str(path), pred.best_us if cfg.calibrated else pred.total_us,
+                                arch.macs(), arch.params(),
                                 log_prob(th, mask, idx), pred.warnings))
     heldout_ce = None
     if len(data.y_test):
@@ -587,17 +610,25 @@ def open_checkpoint(cfg: SearchConfig) -> tuple[dict | None, dict | None]:
     return state_prev, meta_prev
 
 
-def schedule(cfg: SearchConfig, dist, w_idx, t_idx) -> tuple[int, int, int, int, int]:
-    """(passes over the weight split per epoch, weight steps per epoch, passes over the architecture split per
-    epoch, epochs, warm-up epochs): epochs of at least ``min_epoch_steps`` weight steps, theta about 1/4 of
-    them; by default about ``auto_w_steps`` weight steps in all."""
-    per_pass = max(1, len(dist.shard(w_idx)) // cfg.batch_size)
+def schedule(cfg: SearchConfig, dist, w_idx, t_idx, resumed: dict | None = None) -> tuple[int, int, int, int, int]:
+    """(passes over the weight split per epoch, weight steps per epoch as run, passes over the architecture split
+    per epoch, epochs, warm-up epochs): epochs of at least ``min_epoch_steps`` full batches of weight steps, theta
+    about 1/4 of them in whole passes; by default at least ``auto_w_steps`` full weight batches in all and at least
+    MIN_EPOCHS epochs. A pass also runs its last, partial batch (:func:`fbprof.search.train.batches`), which the
+    steps per epoch returned include (the digits at batch 128: 8 passes of 9 batches, 72 steps). ``resumed``: the
+    checkpoint's metadata of a resumed run, whose number of epochs stands unless ``--epochs`` is given (so that
+    a change of the defaults does not re-plan a run half done)."""
+    n_w, n_t = len(dist.shard(w_idx)), len(dist.shard(t_idx))
+    per_pass = max(1, n_w // cfg.batch_size)  # full batches
     reps = max(1, math.ceil(cfg.min_epoch_steps / per_pass))  # passes over the weight split per epoch
-    w_steps = per_pass * reps
-    t_reps = max(1, round(w_steps / 4 / max(1, len(dist.shard(t_idx)) // cfg.batch_size)))  # theta: ~1/4 of w's steps
-    epochs = cfg.epochs if cfg.epochs is not None else max(MIN_EPOCHS, math.ceil(cfg.auto_w_steps / w_steps))
+    full = per_pass * reps
+    t_reps = max(1, round(full / 4 / max(1, n_t // cfg.batch_size)))  # theta: ~1/4 of w's steps
+    epochs = cfg.epochs if cfg.epochs is not None else max(MIN_EPOCHS, math.ceil(cfg.auto_w_steps / full))
+    if resumed is not None and cfg.epochs is None and resumed.get("epochs"):
+        epochs = int(resumed["epochs"])
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else max(1, epochs // 2)
-    return reps, w_steps, t_reps, epochs, warmup
+    run = (n_w // cfg.batch_size + (1 if n_w % cfg.batch_size >= 2 else 0)) * reps
+    return reps, run, t_reps, epochs, warmup
 
 
 def epoch_batches(cfg: SearchConfig, dist, idx, epoch: int, salt: int, passes: int) -> list:

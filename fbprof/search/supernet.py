@@ -12,11 +12,11 @@ Two resolutions are in play:
 **Stride adaptation rule.** Strides are listed in network order: the stem's, then the first
 layer's of every stage. With the proxy resolution R, the final feature map is R reduced by every
 stride (``ceil(size / stride)`` per strided conv). While it is smaller than ``min_feature``
-(2 by default), the *latest* remaining stride > 1 is set to 1 (the stem's last of all). Latest first
+(2 here; the search's default is 4, ``SearchConfig.min_feature``), the *latest* remaining stride > 1 is set to 1 (the stem's last of all). Latest first
 keeps the early, high-resolution layers as cheap as in the real network and spends the spatial
 extent where channels are many. At R = 32 the FBNet space (strides 2, 2, 2, 2, 2 for stem and
 stages 2, 3, 4, 6) drops the stride of stage 6 and ends at 2x2 (with ``min_feature`` 4 it also drops
-stage 4's and ends at 4x4, about 3x the training cost); at R >= 64 nothing changes,
+stage 4's and ends at 4x4: 1.4-1.6x the wall time per CIFAR-10 epoch, measured); at R >= 64 nothing changes,
 and at R equal to the LUT's the proxy network has exactly the LUT's shapes. The adapted strides only
 shape the proxy network; latencies always come from the LUT space.
 """
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fbprof.errors import InputError
+from fbprof.lut.calibration import LinearCalibration
 from fbprof.lut.table import Lut
 from fbprof.build import ChannelShuffle, InvertedResidual, build_op
 from fbprof.space import Space, decode_space
@@ -117,9 +118,18 @@ def trainable(module: nn.Module) -> nn.Module:
     return module.train()
 
 
-def latency_table(lut_space: Space, lut: Lut, head_channels: int) -> tuple[torch.Tensor, torch.Tensor, float, list[list[str]]]:
+def latency_table(lut_space: Space, lut: Lut, head_channels: int,
+                  calibration: LinearCalibration | None = None) -> tuple[torch.Tensor, torch.Tensor, float, list[list[str]]]:
     """(lat, mask, fixed_us, keys): ``lat[l, i]`` = LUT(l, i) in µs (identity 0, padding 0), ``mask`` marks real
-    candidates, ``fixed_us`` the stem + head + pool + FC, ``keys`` the LUT key per candidate ("identity" for 0)."""
+    candidates, ``fixed_us`` the stem + head + pool + FC, ``keys`` the LUT key per candidate ("identity" for 0).
+    With ``calibration`` (the LUT's, :func:`fbprof.lut.calibration.calibration_of`) every cost is the op's share
+    of the calibrated latency (:meth:`LinearCalibration.op_us`) and ``fixed_us`` includes the intercept, so that
+    ``fixed_us + sum of the chosen lat`` is the calibrated prediction of that architecture."""
+
+    def cost(part: str, spec) -> float:
+        raw = lut.latency_us(spec)
+        return raw if calibration is None or spec.is_identity else calibration.op_us(part, spec, lut_space, raw)
+
     n = max(len(layer.candidates) for layer in lut_space.layers)
     lat = torch.zeros(len(lut_space.layers), n, dtype=torch.float64)
     mask = torch.zeros(len(lut_space.layers), n, dtype=torch.bool)
@@ -128,11 +138,13 @@ def latency_table(lut_space: Space, lut: Lut, head_channels: int) -> tuple[torch
         row = []
         for ci, cand in enumerate(layer.candidates):
             spec = layer.spec(cand)
-            lat[li, ci] = lut.latency_us(spec)
+            lat[li, ci] = cost(f"s{layer.stage}", spec)
             mask[li, ci] = True
             row.append("identity" if spec.is_identity else spec.key)
         keys.append(row)
-    fixed = lut.latency_us(lut_space.stem) + sum(lut.latency_us(s) for _, s in lut_space.tail_specs(head_channels))
+    fixed = cost("stem", lut_space.stem) + sum(cost("tail", s) for _, s in lut_space.tail_specs(head_channels))
+    if calibration is not None:
+        fixed += calibration.intercept_us
     return lat.float(), mask, float(fixed), keys
 
 

@@ -22,18 +22,22 @@ from fbprof.lut.interp import GridLut, InterpCheck, OutsideGridError
 from fbprof.lut.table import Lut, LutRow
 from fbprof.profiler.export import export_ops
 from fbprof.spec import OpSpec
-from fbprof.verify.measure import measure_interleaved
+from fbprof.verify.measure import measure_interleaved, paired_samples
 from fbprof.verify.plan import VerifyListener
 
-__all__ = ["interleaved_interp_check"]
+__all__ = ["interleaved_interp_check", "same_run_check"]
 
 
 def interleaved_interp_check(grid: Lut, heldout_keys: list[str], device: Device, cache: ArtifactCache, rounds: int = 3,
                              seed: int = 0, options: dict | None = None, export_workers: int = 1,
-                             listener: VerifyListener | None = None) -> tuple[InterpCheck, dict[str, list[float]]]:
-    """(check, round medians in µs of every op measured). Held-out ops the grid cannot answer, or that are
-    not inverted residuals, are skipped (listed in the check); ops that fail to export or measure too."""
-    g = GridLut(grid)
+                             listener: VerifyListener | None = None, paired: int = 0,
+                             scheme: str = "bilinear") -> tuple[InterpCheck, dict[str, list[float]]]:
+    """(check, samples in µs of every op measured: round medians, or with ``paired`` > 0 that many per-call
+    samples of sample-level pairing, every op timed once per iteration). Held-out ops the grid cannot answer,
+    or that are not inverted residuals, are skipped (listed in the check); ops that fail to export or measure
+    too."""
+    device.check_paired(paired, "use --rounds")
+    g = GridLut(grid, scheme=scheme)
     reads: dict[str, list[str]] = {}
     skipped: list[tuple[str, str]] = []
     for key in sorted(set(heldout_keys)):
@@ -53,19 +57,38 @@ def interleaved_interp_check(grid: Lut, heldout_keys: list[str], device: Device,
     exported = export_ops([OpSpec.parse(k) for k in keys], fmt, cache, options, workers=export_workers)
     artifacts = {k: a for k, a in exported.items() if isinstance(a, Artifact)}
     failed = {k: a.message for k, a in exported.items() if isinstance(a, MeasurementError)}
-    per_op, _, mfailed, _ = measure_interleaved(device, backend, grid.threads(), grid.loop_config(), artifacts, rounds,
-                                                seed, listener=listener)
+    if paired:
+        per_op, mfailed, _ = paired_samples(device, backend, grid.threads(), artifacts, paired, seed, listener=listener)
+    else:
+        per_op, _, mfailed, _ = measure_interleaved(device, backend, grid.threads(), grid.loop_config(), artifacts,
+                                                    rounds, seed, listener=listener)
     failed.update(mfailed)
     now = {k: v for k, v in per_op.items() if v and k not in failed}
+    check = same_run_check(grid, list(reads), now, scheme, failed)
+    return InterpCheck(check.rows, skipped + check.skipped), now
+
+
+def same_run_check(grid: Lut, heldout_keys: list[str], now: dict[str, list[float]], scheme: str = "bilinear",
+                   failed: dict[str, str] | None = None) -> InterpCheck:
+    """The interpolation check of ``heldout_keys`` from one run's samples (µs) of them and of the grid rows
+    their interpolation reads (``now``, e.g. :func:`interleaved_interp_check`'s second result): the grid's
+    medians replaced by the same-run medians, interpolated with ``scheme``, against the same-run median of
+    each held-out op."""
+    g = GridLut(grid, scheme=scheme)
     same_run = dataclasses.replace(grid, rows={k: LutRow(k, "ok", Stats.of(v)) for k, v in now.items()})
-    g_now = GridLut(same_run)
-    rows = []
-    for key, corners in reads.items():
+    g_now = GridLut(same_run, scheme=scheme)
+    rows, skipped = [], []
+    for key in heldout_keys:
+        try:
+            corners = g.sources(OpSpec.parse(key))
+        except OutsideGridError as e:
+            skipped.append((key, e.queries[0]))
+            continue
         missing = [k for k in [key, *corners] if k not in now]
         if missing:
-            skipped.append((key, f"not measured: {', '.join(missing)} ({failed.get(missing[0], 'failed')})"))
+            skipped.append((key, f"not measured: {', '.join(missing)} ({(failed or {}).get(missing[0], 'failed')})"))
             continue
         spec = OpSpec.parse(key)
         predicted = float(g_now.interpolate(spec.op, spec.stride, spec.h, spec.cin, spec.cout, spec.w))
         rows.append((key, statistics.median(now[key]), predicted))
-    return InterpCheck(rows, skipped), now
+    return InterpCheck(rows, skipped)
