@@ -98,6 +98,46 @@ def random_archs_near(lat, mask, fixed: float, target_us: float, count: int, see
     return found, f"tilted per layer, exp(-{lam:.4g} * latency_us) (uniform draws gave too few within +-{tol:.0%})"
 
 
+class TrainedJournal:
+    """The from-scratch trainings a benchmark run has finished, one JSON line each in ``path`` (appended, flushed
+    and fsynced as each ends), so a run that is interrupted resumes without training them again. A line is keyed
+    by everything that decides its result: the blocks, head width and seed, and the run's ``budget`` (images,
+    epochs, proxy space); a torn last line (the run killed while writing it) is ignored."""
+
+    def __init__(self, path: Path, budget: dict) -> None:
+        self.path = Path(path)
+        self.budget = budget
+        self.done: dict[str, dict] = {}
+        self._torn = False  # the file ends inside a line: the next record starts on a new one
+        if self.path.exists():
+            text = self.path.read_text(encoding="utf-8")
+            self._torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
+                try:
+                    rec = json.loads(line)
+                    self.done[rec["key"]] = rec["result"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def _key(self, blocks, head: int, seed: int) -> str:
+        return json.dumps({"blocks": list(blocks), "head": head, "seed": seed, **self.budget}, sort_keys=True)
+
+    def get(self, blocks, head: int, seed: int) -> dict | None:
+        return self.done.get(self._key(blocks, head, seed))
+
+    def put(self, blocks, head: int, seed: int, result: dict) -> None:
+        import os
+
+        key = self._key(blocks, head, seed)
+        self.done[key] = result
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(("\n" if self._torn else "") + json.dumps({"key": key, "result": result}) + "\n")
+            self._torn = False
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lut", default="luts/local-cpu-onnxruntime.csv")

@@ -15,8 +15,9 @@ On CIFAR-10 at a 32 px proxy (``../shared/data/cifar10``, ``train/`` and ``test/
 at every target the searched architecture's mean accuracy is above the random median by more than
 ``seed_spread``. Writes ``OUT/summary.json``, ``OUT/quality.png`` (accuracy against predicted latency: searched
 points, random cloud, FBNet-A/B/C at the same budget unless ``--no-fbnet``), ``OUT/COMMAND.txt``, and each
-search's folder. A run with fewer images, epochs or test images than the defaults is labelled ``"reduced": true``
-in summary.json and in the plot's title.
+search's folder, and ``OUT/trained.jsonl`` (every finished training: an interrupted run, started again with the
+same command, resumes its searches from their checkpoints and trains nothing twice). A run with fewer images,
+epochs or test images than the defaults is labelled ``"reduced": true`` in summary.json and in the plot's title.
 
     nice -n 5 .venv/bin/python benchmarks/search_quality.py --out results/search/quality
 """
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from search_evidence import _space_range, random_archs_near
+    from search_evidence import TrainedJournal, _space_range, random_archs_near
 
     from fbprof.lut.predict import predict
     from fbprof.lut.table import read_lut
@@ -98,10 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     plan = proxy_space(space, 32, train.num_classes, SearchConfig.min_feature)  # the final map the search trains
     log = print
 
+    # finished trainings survive an interrupted run (OUT/trained.jsonl): running the same command again resumes
+    journal = TrainedJournal(out / "trained.jsonl", {
+        "train_per_class": args.train_per_class, "train_epochs": args.train_epochs, "test_images": len(train.y_test),
+        "data": str(args.data), "space": plan.space.name, "resolution": 32, "min_feature": SearchConfig.min_feature})
+
     def fit(blocks, seed: int, head_channels: int | None = None) -> dict:
-        r = train_child(plan.space, blocks, head_channels or head, train, args.train_epochs, seed=seed)
+        h = head_channels or head
+        done = journal.get(blocks, h, seed)
+        if done is not None:
+            log(f"    trained {' '.join(blocks)} seed {seed}: acc {done['acc']:.4f} (from {journal.path.name})")
+            return done
+        r = train_child(plan.space, blocks, h, train, args.train_epochs, seed=seed)
         log(f"    trained {' '.join(blocks)} seed {seed}: acc {r.accuracy:.4f} ({r.seconds:.0f} s)")
-        return {"acc": r.accuracy, "seconds": r.seconds}
+        result = {"acc": r.accuracy, "seconds": r.seconds}
+        journal.put(blocks, h, seed, result)
+        return result
 
     targets = []
     spreads = []

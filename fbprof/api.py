@@ -18,7 +18,6 @@ subclass the listener or pass any object with the methods you want).
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
@@ -36,7 +35,7 @@ from fbprof.spec import OpSpec
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from fbprof.profiler.measure import MeasureSummary
+    from fbprof.profiler.measure import MeasureConfig, MeasureSummary
     from fbprof.search.dnas import SearchConfig, SearchListener, SearchResult
     from fbprof.verify import VerifyResult
 
@@ -46,6 +45,7 @@ __all__ = list(STABLE) + ["STABLE"]
 
 #: names that load heavier modules (numpy, the profiler), resolved on first use by :func:`__getattr__`
 _LAZY = {
+    "MeasureConfig": ("fbprof.profiler.measure", "MeasureConfig"),
     "MeasureListener": ("fbprof.profiler.measure", "Listener"),
     "MeasureSummary": ("fbprof.profiler.measure", "MeasureSummary"),
     "VerifyListener": ("fbprof.verify.plan", "VerifyListener"),
@@ -97,7 +97,7 @@ class LutCheck:
 def validate_lut(path: str | Path) -> LutCheck:
     """Check a LUT file without raising for a malformed one (a missing file still raises :class:`InputError`)."""
     try:
-        lut = _read_lut(path)
+        lut = _read_lut(path).validate()
     except FileFormatError as e:
         return LutCheck(str(path), False, 0, {}, list(e.problems))
     return LutCheck(str(path), True, len(lut), lut.counts(), [])
@@ -144,56 +144,18 @@ def predict_frame(archs: Iterable[Arch | str | Path], lut: Lut | str | Path) -> 
 
 # ------------------------------------------------------------------------------------------------
 # measuring
-@dataclass
-class MeasureConfig:
-    """What :func:`run_measure` measures, and how (the options of ``fbprof measure``)."""
+def run_measure(config: "MeasureConfig", listener: Any = None) -> "MeasureSummary":
+    """Measure the ops of a space on a device into a LUT (resuming and extending like ``fbprof measure``,
+    through the same :func:`fbprof.profiler.measure.open_measure`).
 
-    out: str | Path  # LUT CSV to create or extend
-    device: str = "local"  # profile name (local, s8, iphonex) or adb:SERIAL, adb:HOST:PORT, ios:HOST:PORT
-    backend: str | None = None  # default: the device profile's
-    space: str | Path = "fbnet"
-    resolution: int | None = None
-    width: float | None = None
-    keys: list[str] | None = None  # measure only these op keys of the space (default: every op)
-    threads: int | None = None  # default: the profile's
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    remeasure: bool = False
-    paired: int = 0  # > 0, local device: rows by sample-level pairing, this many iterations
-    export_workers: int = 1
-    cache_dir: str | Path | None = None  # default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts
-    profile: str | None = None  # profile of an adb:/ios: address
-    options: dict[str, Any] = field(default_factory=dict)  # device settings (the CLI's --option KEY=VALUE)
-
-
-def run_measure(config: MeasureConfig, listener: Any = None) -> "MeasureSummary":
-    """Measure the ops of a space on a device into a LUT (resuming and extending like ``fbprof measure``).
-
-    ``listener``: a :class:`MeasureListener` (or any object with some of its ``on_*`` methods).
+    ``listener``: a :class:`MeasureListener` (or any object with some of its ``on_*`` methods); it also
+    hears, through ``on_note``, when the device cannot run its profile's backend and another is measured.
     """
-    from fbprof.backends.cache import ArtifactCache
-    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
-    from fbprof.profiler.measure import MeasureRequest, measure_lut
+    from fbprof.profiler.measure import measure_lut, open_measure
 
-    prof, address = resolve_device(config.device, config.profile, load_profiles())
-    sp = load_space(config.space, config.resolution, config.width)
-    specs = sp.all_specs()
-    if config.keys is not None:
-        have = {s.key: s for s in specs}
-        unknown = [k for k in config.keys if k not in have]
-        if unknown:
-            raise InputError(f"MeasureConfig.keys: {', '.join(unknown)} not in space {sp.name} "
-                             f"at {sp.resolution}, width {sp.width:g}")
-        specs = [have[k] for k in config.keys]
-    backend = config.backend or prof.backend
-    threads = config.threads or prof.threads
-    command = shlex.join(["fbprof.measure", f"device={config.device}", f"backend={backend}", f"space={sp.tag}",
-                          f"threads={threads}", f"out={config.out}"])
-    with open_device(prof, address, dict(config.options)) as dev:
-        req = MeasureRequest(specs=specs, out=Path(config.out), device=dev, backend=backend, threads=threads,
-                             loop=config.loop, spaces=[sp.tag], remeasure=config.remeasure,
-                             cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, command=command,
-                             paired=config.paired)
-        return measure_lut(req, _adapt(listener, "fbprof.profiler.measure", "Listener"))
+    lis = _adapt(listener, "fbprof.profiler.measure", "Listener")
+    with open_measure(config, on_note=lis.on_note if lis is not None else None) as req:
+        return measure_lut(req, lis)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader never sees a half-written file."""
+"""Atomic file writes (a reader never sees a half-written file), output locks, and where fbprof caches."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ import tempfile
 from pathlib import Path
 
 from fbprof.errors import FbprofError, InputError
+
+
+def cache_dir(kind: str) -> Path:
+    """Where fbprof caches one kind of thing (``artifacts``: exported models; ``images``: decoded datasets):
+    ``$FBPROF_CACHE_DIR/<kind>``, else ``$XDG_CACHE_HOME/fbprof/<kind>``, else ``~/.cache/fbprof/<kind>``.
+    Read when asked (never at import); each kind has its own folder, so no cache reads another's files."""
+    env = os.environ.get("FBPROF_CACHE_DIR")
+    if env:
+        return Path(env) / kind
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "fbprof" / kind
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -145,7 +145,7 @@ def test_a_device_that_stays_silent_fails_clearly(phone, tmp_path, cache_dir, qu
     o = {**opts, "transport_timeout_s": "2", "read_timeout_s": "4", "reconnect_attempts": "1"}
     with pytest.raises(DeviceError, match="lost the connection to .* while pushing .*TcpTimeoutException"):
         _measure(daemon, o, _specs(2), out, quick_loop, cache_dir)
-    assert read_lut(out).rows == {}  # the LUT is written (empty) and the journal removed
+    assert not out.exists()  # no row, a new file: nothing is left behind (no header-only LUT, no journal)
     assert not Journal(out).exists()
     assert daemon.events("stall") == ["sync:", "sync:"]
 
@@ -224,3 +224,8 @@ def test_settings_are_checked():
         parse_settings({}, {"read_timeout_s": "1", "transport_timeout_s": "5"}, "p")
     with pytest.raises(InputError, match="s8.yaml: device setting runner=\\['x'\\]: expected a string"):
         parse_settings({"runner": ["x"]}, {}, "s8.yaml")
+    # a YAML .inf or a fraction where a whole number belongs: a clear error, not a traceback or a silent cut
+    for bad in (float("inf"), float("nan"), 1.5):
+        with pytest.raises(InputError, match=f"s8.yaml: device setting push_batch={bad!r}: expected a whole number"):
+            parse_settings({"push_batch": bad}, {}, "s8.yaml")
+    assert parse_settings({"push_batch": 8.0}, {}, "s8.yaml").push_batch == 8

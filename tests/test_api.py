@@ -87,6 +87,16 @@ def test_validate_lut_reports_instead_of_raising(tmp_path):
     assert not bad.valid and len(bad.problems) == 1 and "status 'fine'" in bad.problems[0]
     with pytest.raises(InputError, match="no such LUT"):
         fbprof.validate_lut(tmp_path / "nope.csv")
+    # a malformed header field: the same verdict as `fbprof lut validate`
+    threads = tmp_path / "t.csv"
+    threads.write_text(LUT.read_text().replace("# threads: 1\n", "# threads: many\n", 1))
+    bad = fbprof.validate_lut(threads)
+    assert not bad.valid and len(bad.problems) == 1 and "t.csv:6" in bad.problems[0] and "threads" in bad.problems[0]
+    from typer.testing import CliRunner
+
+    from fbprof.cli import app
+
+    assert CliRunner().invoke(app, ["lut", "validate", str(threads)]).exit_code != 0
 
 
 def test_predict_takes_names_paths_and_objects_and_gives_frames():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,8 +86,21 @@ def test_breakdown_cli_writes_table_csv_json_png(torch_lut, tmp_path):
     summary = json.loads((out / "breakdown.json").read_text())
     assert summary["archs"]["bd-a"]["end_to_end_us"] == pytest.approx(prefixes[-1], abs=0.001)
     assert "--breakdown" in summary["command"] and (out / "BREAKDOWN_COMMAND.txt").exists()
+    assert "--min-runs 5 --min-time 0" in summary["command"]  # the command reproduces the run, loop included
     png = (out / "breakdown.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    # --json: one document on stdout, no tables; --backend other than the LUT's is refused, not ignored
+    from fbprof.cli.jsonout import SCHEMAS, check
+
+    res = run("verify", "--lut", torch_lut, "--breakdown", arch, "--rounds", 1, "--min-runs", 3, "--min-time", 0,
+              "--workers", 1, "--out", tmp_path / "j", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert check(doc, SCHEMAS["verify-breakdown"]) == [] and doc["schema"] == "fbprof.verify-breakdown/1"
+    assert [c["key"] for c in doc["summary"]["layers"]["bd-a"]] == [s.key for _, s in ops]
+    assert Path(doc["files"]["csv"]).exists()
+    res = run("verify", "--lut", torch_lut, "--breakdown", arch, "--backend", "onnxruntime", "--out", tmp_path / "b")
+    assert res.exit_code == 2 and "measures with the LUT's backend (torch)" in res.output
 
 
 def test_paired_breakdown_differences_samples_iteration_by_iteration(torch_lut, tmp_path):

@@ -116,6 +116,18 @@ def test_errors_are_json_with_the_same_exit_code(args, code, kind):
     assert not plain.stdout.lstrip().startswith("{")
 
 
+def test_a_file_system_error_is_json_too(monkeypatch):
+    def denied():
+        raise PermissionError(13, "Permission denied", "/no/access/archs")
+
+    monkeypatch.setattr("fbprof.space.arch_names", denied)
+    plain = run("arch", "list")
+    assert plain.exit_code == 1 and "error: /no/access/archs: Permission denied" in plain.output
+    doc = doc_of(run("arch", "list", "--json"), "error")
+    assert doc["error"]["type"] == "PermissionError" and doc["error"]["exit_code"] == 1
+    assert doc["error"]["message"] == "/no/access/archs: Permission denied"
+
+
 def test_coverage_error_lists_missing_keys_in_json(tmp_path):
     small = tmp_path / "small.csv"
     lines = ORT.read_text().splitlines(keepends=True)

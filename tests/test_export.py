@@ -625,3 +625,62 @@ def test_cache_lookup_does_not_import_torch_and_keeps_its_keys(tmp_path):
     ident = {"key": "skip:16x8x8:16:s1", "format": "onnx", "converter": backend_for_format("onnx").converter_version(),
              "torch": torch.__version__, "builder": BUILDER_VERSION, "options": {"opset": 18}}
     assert res.stdout.strip() == hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def test_an_exported_package_replaces_an_earlier_package_but_never_a_users_folder(tmp_path):
+    from fbprof.errors import InputError
+    from fbprof.profiler.export import _place
+
+    def package(name: str, text: str) -> Path:
+        d = tmp_path / name
+        (d / "Data").mkdir(parents=True)
+        (d / "Manifest.json").write_text(text)
+        return d
+
+    mine = tmp_path / "my-data"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("the user's")
+    with pytest.raises(InputError, match="is a folder that is not a model package"):
+        _place(package("new1", "1"), mine)
+    assert (mine / "keep.txt").read_text() == "the user's"
+    out = tmp_path / "m.mlpackage"
+    _place(package("new2", "2"), out)
+    _place(package("new3", "3"), out)  # an earlier export of the same path: replaced
+    assert (out / "Manifest.json").read_text() == "3" and not list(tmp_path.glob(".m.mlpackage.old-*"))
+
+
+@pytest.mark.parametrize("fmt", ["pte", "torchscript"])
+def test_a_session_gives_back_the_process_wide_thread_settings(fmt, cache, tmp_path):
+    """torch's thread count and ExecuTorch's XNNPACK pool are process-wide: a session sets them and gives them
+    back when it closes, and when opening it fails."""
+    import torch
+
+    from fbprof.backends import backend_for_format
+    from fbprof.profiler.export import export_op
+
+    be = backend_for_format(fmt)
+    mod = be.module
+    pool = None
+    if fmt == "pte":
+        pool = mod.xnnpack_threads()
+        if pool < 0:
+            pytest.skip("this ExecuTorch build cannot report its thread pool")
+        mod.xnnpack_threads(2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        art = export_op(OpSpec.parse("k3_e1:8x4x4:8:s1"), fmt, cache)
+        sess = mod.open_session(str(art.path), np.asarray(art.input), 1)
+        assert torch.get_num_threads() == 1
+        sess.run()
+        sess.close()
+        assert torch.get_num_threads() == 2 and (pool is None or mod.xnnpack_threads() == 2)
+        bad = tmp_path / f"broken{art.path.suffix}"
+        bad.write_bytes(b"not a model")
+        with pytest.raises(Exception):
+            mod.open_session(str(bad), np.asarray(art.input), 1)
+        assert torch.get_num_threads() == 2 and (pool is None or mod.xnnpack_threads() == 2)
+    finally:
+        torch.set_num_threads(before)
+        if pool is not None:
+            mod.xnnpack_threads(pool)

@@ -405,6 +405,23 @@ def test_measure_a_channel_space_end_to_end(tiny_space, tmp_path, cache_dir):
     assert res.exit_code == 0 and "MAPE" in res.output and "over 2 held-out ops" in " ".join(res.output.split())
 
 
+def test_python_api_measures_a_channel_space_like_the_cli(tiny_space, tmp_path, cache_dir):
+    """run_measure and `fbprof measure` build their request in one place: every resolution's tag and the grid
+    reach the header through the API too (the API once recorded only the first resolution and no grid)."""
+    import fbprof
+    from fbprof.loop import LoopConfig
+
+    sp = load_space(tiny_space)
+    keys = [s.key for s in sp.all_specs()][:2]
+    out = tmp_path / "api.csv"
+    summary = fbprof.run_measure(fbprof.MeasureConfig(out=out, space=tiny_space, backend="torch", keys=keys,
+                                                      loop=LoopConfig(warmup_runs=1, min_runs=3, min_time_s=0)))
+    lut = read_lut(out)
+    assert summary.measured == 2 and set(lut.rows) == set(keys)
+    assert lut.header["spaces"] == "v2tiny@16/w1, v2tiny@32/w1" and lut.grid() == sp.grid()
+    assert lut.header["command"].startswith("fbprof measure --device local --backend torch --space ")
+
+
 def test_grid_design_interpolates_macs_within_5_percent():
     """The grid of the fbnetv2 space, noise-free: with latency := MACs, held-out off-grid ops are
     interpolated within a few percent (what remains in a measured MAPE is measurement noise)."""

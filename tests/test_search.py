@@ -146,6 +146,7 @@ def test_tiny_search_end_to_end_cli(tiny_lut, image_folder, tmp_path):
     doc = json.loads(again.stdout)
     assert doc["schema"] == "fbprof.search/1" and check(doc, SCHEMAS["search"]) == []
     assert doc["archs"][0]["label"] == "best" and doc["files"]["summary"].endswith("summary.json")
+    assert doc["files"]["plot"].endswith("theta.png") and Path(doc["files"]["plot"]).exists()
 
     labels = [a["label"] for a in summary["architectures"]]
     assert labels[0] == "best" and len(labels) >= 2 and len(set(labels)) == len(labels)
@@ -555,3 +556,18 @@ def test_a_resumed_search_keeps_its_planned_epochs_unless_epochs_is_given():
     assert schedule(cfg, dist, w, t, {"epochs": 5})[3:] == (5, 2)
     assert schedule(SearchConfig(lut="unused.csv", epochs=12), dist, w, t, {"epochs": 5})[3:] == (12, 6)
     assert schedule(cfg, dist, w, t, None)[3:] == (10, 5)
+
+
+def test_search_config_is_checked_in_one_place_for_the_api_too(tmp_path):
+    from fbprof.errors import InputError
+    from fbprof.search.dnas import SearchConfig
+
+    SearchConfig(lut="x.csv", beta=0.0, target_weight=0.0, tau_decay=0.0).validate()  # zeros that are choices
+    for bad in ({"w_lr": float("inf")}, {"theta_lr": float("nan")}, {"alpha": 0.0}, {"width": -1.0},
+                {"target_ms": 0.0}, {"beta": -0.5}):
+        with pytest.raises(InputError, match="expected a finite number"):
+            SearchConfig(lut="x.csv", **bad).validate()
+    f = tmp_path / "file"
+    f.write_text("")
+    with pytest.raises(InputError, match="is a file"):
+        SearchConfig(lut="x.csv", out=str(f)).validate()

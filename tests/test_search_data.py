@@ -15,7 +15,7 @@ Image = pytest.importorskip("PIL.Image")
 def _cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "cache"
     monkeypatch.setenv("FBPROF_CACHE_DIR", str(d))
-    return d
+    return d / "images"  # the images' own folder: the artifact cache beside it never sees them
 
 
 def _folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 10, seed: int = 0) -> Path:
@@ -85,6 +85,19 @@ def test_images_are_decoded_once_and_the_cache_follows_the_content(tmp_path, _ca
     assert not torch.equal(torch.cat([changed.x_train, changed.x_test]).sort().values,
                            torch.cat([first.x_train, first.x_test]).sort().values)
     assert not list(_cache.glob("*.tmp"))  # written atomically
+
+
+def test_a_cache_that_cannot_be_written_is_a_note_not_an_error(tmp_path, monkeypatch):
+    from fbprof.search import data as data_mod
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go\n")
+    monkeypatch.setenv("FBPROF_CACHE_DIR", str(blocked))
+    notes: list[str] = []
+    data = data_mod.load_data(str(_folder(tmp_path / "ds")), 8, note=notes.append)
+    assert len(data.y_train) + len(data.y_test) == 18
+    assert any("could not write the image cache" in n for n in notes), notes
+    assert blocked.read_text().startswith("a file")  # left as it was
 
 
 @pytest.mark.parametrize("case", ["empty", "one-class", "unreadable", "mixed-sizes", "class-mismatch", "no-images"])

@@ -5,6 +5,7 @@ A tiny channel space and a synthetic grid LUT (latency := a function of the shap
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -195,6 +196,7 @@ def test_search_end_to_end_writes_archs_that_predict_reads(grid, tmp_path):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert check(doc, SCHEMAS["search"]) == []
+    assert all(Path(f).exists() for f in doc["files"].values())  # only files that were written are listed
     best = doc["archs"][0]
     assert best["label"] == "best" and len(best["channels"]) == 3 and best["resolution"] in (32, 16)
     arch = load_arch(out / "arch-best.yaml")
@@ -213,6 +215,7 @@ def test_search_end_to_end_writes_archs_that_predict_reads(grid, tmp_path):
                             "--warmup-epochs", "1", "--min-epoch-steps", "1", "--max-steps", "2", "-b", "8",
                             "--samples", "0", "--mode", "soft", "--target-ms", "0.5", "-q"])
     assert r.exit_code == 0, r.output
+    assert "epoch 1/2" not in r.output  # -q: results and errors only
     assert json.loads((tmp_path / "t" / "summary.json").read_text())["target_us"] == 500.0
 
 

@@ -264,6 +264,25 @@ def test_calibration_round_trips_through_the_lut_header(tmp_path):
     assert calibration_of(read_lut(path)) is None
 
 
+def test_calibration_is_not_stored_over_rows_it_was_not_fitted_on_or_while_another_run_writes(tmp_path):
+    from fbprof.fileio import OutputLock
+
+    sp = load_space("tiny")
+    path = tmp_path / "l.csv"
+    lut = _fake_lut(path, sp)
+    before = path.read_text()
+    cal = LinearCalibration("scale", 0.0, {"all": 0.9})
+    changed = {k: r for k, r in list(lut.rows.items())[1:]}  # the fit saw other rows than the file holds now
+    with pytest.raises(InputError, match="rows changed while the calibration was being fitted"):
+        store_calibration(str(path), cal, {"fitted_on": 3}, fitted_rows=changed)
+    with OutputLock(path, "fbprof measure --out l.csv"):
+        with pytest.raises(InputError, match="being written by another run .*fbprof measure --out l.csv"):
+            store_calibration(str(path), cal, {"fitted_on": 3}, fitted_rows=lut.rows)
+    assert path.read_text() == before
+    store_calibration(str(path), cal, {"fitted_on": 3}, fitted_rows=lut.rows)
+    assert calibration_of(read_lut(path)).info["rows_digest"] == rows_digest(lut.rows)
+
+
 @pytest.mark.parametrize("value, reason", [
     ("{not json", "invalid JSON"),
     ('{"schema": 9, "model": "linear"}', "unsupported schema 9"),

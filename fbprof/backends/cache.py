@@ -24,6 +24,7 @@ from fbprof.artifact import Artifact, to_layout
 from fbprof.backends import backend_for_format
 from fbprof.backends.base import dist_version
 from fbprof.errors import MeasurementError, MissingExtraError
+from fbprof.fileio import cache_dir
 from fbprof.spec import BUILDER_VERSION
 
 __all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
@@ -32,11 +33,8 @@ __all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_module
 
 # ------------------------------------------------------------------------------------------------
 def default_cache_dir() -> Path:
-    env = os.environ.get("FBPROF_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fbprof" / "artifacts"
+    """The artifact cache: :func:`fbprof.fileio.cache_dir` ``("artifacts")``."""
+    return cache_dir("artifacts")
 
 
 class ArtifactCache:
@@ -361,10 +359,15 @@ def export_stream(
         ctx = mp.get_context("spawn")
         places = worker_placements(min(workers, len(units)), avoid_cores)
         shared = ctx.Array("i", len(places))
-        _SHARED_WORKERS.append(shared)
         pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
                                    initargs=(ctx.Value("i", 0), places, shared, os.getpid()))
-        futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
+        _SHARED_WORKERS.append(shared)  # registered only once the pool exists; removed below, however this ends
+        try:
+            futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
+        except BaseException:
+            _SHARED_WORKERS.remove(shared)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     else:  # in this process: everything first, as nothing could overlap with the caller's measuring
         for unit in units:
             settle(unit, lambda unit=unit: _run_unit(unit, fmt, root, options))

@@ -252,13 +252,14 @@ def _op_program(edge, i: int, input_name: str):
     return EdgeProgramManager({"forward": single}, compile_config=edge.compile_config)
 
 
-def xnnpack_threads(threads: int) -> int:
-    """Set ExecuTorch's XNNPACK thread pool to ``threads``; returns the count now in use (-1: unknown)."""
+def xnnpack_threads(threads: int | None = None) -> int:
+    """Set ExecuTorch's XNNPACK thread pool to ``threads`` (None: leave it); returns the count now in use
+    (-1: unknown)."""
     from executorch.extension.pybindings import portable_lib
 
     reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
     count = getattr(portable_lib, "_threadpool_get_thread_count", None)
-    if reset is not None and (count is None or count() != threads):
+    if threads is not None and reset is not None and (count is None or count() != threads):
         reset(int(threads))
     return int(count()) if count is not None else -1
 
@@ -272,6 +273,7 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime, Verification
 
         self.torch = torch
+        self._pool_before = xnnpack_threads()  # process-wide: given back on close (or a failed open)
         self.threads = xnnpack_threads(threads)
         self._torch_threads_before = torch.get_num_threads()
         torch.set_num_threads(int(threads))
@@ -281,7 +283,7 @@ class ExecuTorchSession:
             if method is None:
                 raise ValueError(f"{Path(model_path).name} has no forward method")
         except Exception:
-            torch.set_num_threads(self._torch_threads_before)
+            self._give_back()
             raise
         self.program, self.method = program, method
         self.inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
@@ -295,7 +297,12 @@ class ExecuTorchSession:
     def close(self) -> None:
         if self.method is not None:
             self.method = self.program = None
-            self.torch.set_num_threads(self._torch_threads_before)
+            self._give_back()
+
+    def _give_back(self) -> None:
+        self.torch.set_num_threads(self._torch_threads_before)
+        if self._pool_before > 0 and self._pool_before != self.threads:
+            xnnpack_threads(self._pool_before)
 
 
 def open_session(model_path: str, x, threads: int) -> ExecuTorchSession:

@@ -38,10 +38,15 @@ class TorchScriptSession:
         import torch
 
         self.torch = torch
+        self.model = None
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(int(threads))
-        torch.set_flush_denormal(True)
-        self.model = torch.jit.load(str(model_path)).eval()
+        torch.set_flush_denormal(True)  # torch has no getter: close() sets it back to torch's default, off
+        try:
+            self.model = torch.jit.load(str(model_path)).eval()
+        except Exception:
+            self._give_back()
+            raise
         self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
     def invoke(self) -> None:
@@ -55,8 +60,11 @@ class TorchScriptSession:
     def close(self) -> None:
         if self.model is not None:
             self.model = None
-            self.torch.set_num_threads(self._threads_before)
-            self.torch.set_flush_denormal(False)
+            self._give_back()
+
+    def _give_back(self) -> None:
+        self.torch.set_num_threads(self._threads_before)
+        self.torch.set_flush_denormal(False)
 
 
 def open_session(model_path: str, x, threads: int) -> TorchScriptSession:

@@ -81,7 +81,10 @@ class _LazyGroup(TyperGroup):
             raise typer.Exit(e.exit_code) from None
         except OSError as e:  # a file-system problem fbprof did not name itself: still a message
             where = e.filename or "a file"
-            click.echo(f"error: {where}: {e.strerror or e}", err=True)
+            if as_json:
+                _json_error(type(e).__name__, f"{where}: {e.strerror or e}", 1)
+            else:
+                click.echo(f"error: {where}: {e.strerror or e}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             msg = "interrupted: finished rows are saved; run the same command again to resume"

@@ -106,9 +106,9 @@ def predict(
                                          f"{lut.name}: {table.header.get('device', '?')} / {table.header.get('runtime', '?')}"),
                    -1 if json_out else level)
     if json_out:
-        from fbprof.cli.jsonout import emit
+        from fbprof.cli.jsonout import emit, lut_id
 
-        emit("predict", lut=_lut_id(table),
+        emit("predict", lut=lut_id(table),
              archs=[{"name": a.name, "space": a.space.name, "resolution": a.space.resolution, "width": a.space.width,
                      "total_us": p.total_us, "calibrated_us": p.calibrated_us, "macs": a.macs(), "params": a.params(),
                      "layers": [{"layer": c.layer, "key": c.key, "op": c.key.split(":", 1)[0], "latency_us": c.latency_us,
@@ -139,11 +139,6 @@ def predict(
                 e = not_ok[k]
                 err_console.print(f"  {k}: {e['status']}" + (f", {e['note']}" if e["note"] else "")
                                   + f" (in {', '.join(e['archs'])})")
-
-
-def _lut_id(table) -> dict:
-    return {"path": str(table.path), "device": table.header.get("device", ""),
-            "backend": table.header.get("backend", ""), "runtime": table.header.get("runtime", "")}
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 
 import click
@@ -11,35 +9,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fbprof.devices.profiles import is_secret_option  # noqa: F401 - re-exported for the commands
 from fbprof.profiler.measure import Listener, MeasureSummary
 
-__all__ = ["console", "err_console", "ProgressListener", "command_line", "print_summary", "parse_options",
+__all__ = ["console", "err_console", "ProgressListener", "VerifyProgress", "progress_bars", "print_summary", "parse_options",
            "is_secret_option", "quiet_option", "verbose_option", "json_option", "plot_option", "verbosity", "write_plot"]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-
-def command_line() -> str:
-    """The command as typed (recorded in LUT headers), without the path of the executable."""
-    args = list(sys.argv[1:])
-    for i, a in enumerate(args):  # secrets are not recorded: --token X, --option token=X
-        if i and args[i - 1] == "--token":
-            args[i] = "<secret>"
-        elif a.startswith("--token="):
-            args[i] = "--token=<secret>"
-        elif i and args[i - 1] == "--option" and is_secret_option(a.partition("=")[0]):
-            args[i] = a.partition("=")[0] + "=<secret>"
-    return "fbprof " + " ".join(shlex.quote(a) for a in args)
-
-
-#: --option keys whose values are secrets: never echoed, never written to a file
-SECRET_WORDS = ("token", "secret", "password", "passwd", "credential")
-
-
-def is_secret_option(key: str) -> bool:
-    k = key.lower()
-    return any(w in k for w in SECRET_WORDS)
 
 
 def parse_options(items: list[str], flag: str = "--option") -> dict[str, str]:
@@ -104,6 +81,15 @@ def write_plot(path, png: bytes, level: int) -> None:
         err_console.print(f"wrote {path}")
 
 
+def progress_bars(quiet: bool) -> Progress:
+    """The bars every long command shows on stderr: description, bar, done/total, elapsed, ETA, current item."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
+        console=err_console, transient=False, disable=quiet,
+    )
+
+
 class ProgressListener(Listener):
     """Rich progress bars with ETA for export and measurement."""
 
@@ -113,11 +99,7 @@ class ProgressListener(Listener):
         self.verbose = verbose and not quiet
         self.retried: dict[str, int] = {}  # key -> retries (shown once, in the summary)
         self.not_ok: list = []  # rows of this run that are not ok
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
-            console=err_console, transient=False, disable=quiet,
-        )
+        self.progress = progress_bars(quiet)
         self.export_task = None
         self.task = None
         self.t0 = time.perf_counter()
@@ -191,3 +173,41 @@ def print_summary(summary: MeasureSummary, listener: ProgressListener | None = N
                       "certain; `fbprof measure --remeasure` on a quieter machine):")
         for row in sorted(listener.not_ok, key=lambda r: r.key):
             console.print(f"    {row.key}: {row.status}, cv {row.stats.cv:.2f}" + (f" ({row.note})" if row.note else ""))
+
+
+class VerifyProgress:
+    """Rich bars with ETA for the export and the interleaved measuring rounds."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.progress = progress_bars(quiet)
+        self.quiet = quiet
+        self.export_task = None
+        self.measure_task = None
+
+    def on_plan(self, plan) -> None:
+        if not self.quiet:
+            n_cal = sum(s == "calibration" for s in plan.splits.values())
+            err_console.print(
+                f"{len(plan.archs)} architectures of {plan.space.name}@{plan.space.resolution} "
+                f"({n_cal} calibration, {len(plan.archs) - n_cal} held-out); backend {plan.backend}, "
+                f"{plan.threads} thread(s); noise network: {plan.noise_arch or '-'}")
+        self.progress.start()
+
+    def on_export_start(self, count: int) -> None:
+        self.export_task = self.progress.add_task("exporting", total=count, current="")
+
+    def on_export_done(self, name: str) -> None:
+        self.progress.update(self.export_task, advance=1, current=name)
+
+    def on_measure_start(self, total: int) -> None:
+        self.measure_task = self.progress.add_task("measuring", total=total, current="")
+
+    def on_measure_done(self, name: str, round_index: int, median_us: float) -> None:
+        self.progress.update(self.measure_task, advance=1, current=f"round {round_index + 1}: {name} {median_us / 1000:.2f} ms")
+
+    def on_note(self, message: str) -> None:
+        if not self.quiet:
+            self.progress.console.print(f"[yellow]{message}")
+
+    def stop(self) -> None:
+        self.progress.stop()

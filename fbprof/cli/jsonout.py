@@ -15,7 +15,7 @@ from typing import Any
 
 from fbprof import __version__
 
-__all__ = ["JSON_FLAG", "SCHEMAS", "document", "emit", "error_document", "check", "finite"]
+__all__ = ["JSON_FLAG", "SCHEMAS", "document", "emit", "error_document", "check", "finite", "lut_id"]
 
 #: key in click's ``ctx.meta`` (shared by every context of one command line): ``--json`` was given
 JSON_FLAG = "fbprof.json"
@@ -101,6 +101,9 @@ SCHEMAS: dict[str, dict] = {
     }),
     "verify": _doc("verify", {"summary": {"type": "object"}, "files": {"type": "object", "additionalProperties": S},
                               "failed": {"type": "object", "additionalProperties": S}}),
+    "verify-breakdown": _doc("verify-breakdown", {"summary": {"type": "object"},
+                                                  "files": {"type": "object", "additionalProperties": S},
+                                                  "failed": {"type": "object", "additionalProperties": S}}),
 }
 
 
@@ -131,6 +134,13 @@ def emit(name: str, **fields: Any) -> None:
     import click
 
     click.echo(json.dumps(document(name, **fields), indent=1, ensure_ascii=False, allow_nan=False))
+
+
+def lut_id(lut: Any) -> dict[str, str]:
+    """How a document names a LUT: its path and the header's device, backend and runtime."""
+    h = lut.header
+    return {"path": str(lut.path), "device": h.get("device", ""), "backend": h.get("backend", ""),
+            "runtime": h.get("runtime", "")}
 
 
 def error_document(kind: str, message: str, exit_code: int, hint: str | None = None,

@@ -32,7 +32,7 @@ def validate(
         docs, first_error = [], None
         for f in files:
             try:
-                lut = _checked(read_lut(f))
+                lut = read_lut(f).validate()
             except FileFormatError as e:
                 first_error = first_error or e
                 docs.append({"path": str(f), "valid": False, "rows": 0, "counts": {}, "problems": list(e.problems)})
@@ -43,17 +43,11 @@ def validate(
             raise typer.Exit(first_error.exit_code)
         return
     for f in files:
-        lut = _checked(read_lut(f))
+        lut = read_lut(f).validate()
         grid = lut.grid()
         c = lut.counts()
         cells = f", grid of {len(grid)} cells" if grid else ""
         console.print(f"{f}: valid{cells}, {len(lut)} rows ({c['ok']} ok, {c['unstable']} unstable, {c['invalid']} invalid)")
-
-
-def _checked(lut):
-    """The LUT, after its structured header fields parsed strictly too (spaces, threads, loop, pairing, grid)."""
-    lut.space_tags(), lut.threads(), lut.loop_config(), lut.pairing(), lut.grid()
-    return lut
 
 
 @lut_app.command("show")
@@ -127,11 +121,11 @@ def diff(
     if json_out:
         import statistics
 
-        from fbprof.cli.jsonout import emit, finite
+        from fbprof.cli.jsonout import emit, finite, lut_id
 
         ratios = [r.ratio for r in d.rows]
         faster_b = sum(1 for x in ratios if x < 1)
-        emit("lut-diff", a=_lut_id(la), b=_lut_id(lb),
+        emit("lut-diff", a=lut_id(la), b=lut_id(lb),
              rows=[{"key": r.key, "a_us": r.a_us, "b_us": r.b_us, "ratio": finite(r.ratio)} for r in rows],
              only_a=d.only_a, only_b=d.only_b,
              summary={"common": len(ratios), "b_faster": faster_b, "a_faster": len(ratios) - faster_b,
@@ -160,11 +154,6 @@ def _label(lut, path: Path) -> str:
     return f"{dev}/{be}" if dev and be else path.stem
 
 
-def _lut_id(lut) -> dict:
-    return {"path": str(lut.path), "device": lut.header.get("device", ""), "backend": lut.header.get("backend", ""),
-            "runtime": lut.header.get("runtime", "")}
-
-
 def _row_json(r) -> dict:
     s = r.stats
     return {"key": r.key, "status": r.status, "n": s.n, "repeats": s.repeats, "median_us": s.median, "p10_us": s.p10,
@@ -187,7 +176,7 @@ def interp_check(
     scheme: str = typer.Option("bilinear", "--interp", help="interpolation between grid points: bilinear (latency "
                                "bilinear in cin x cout, what predict and search use) or macs (the block's MACs times "
                                "bilinear latency per MAC)"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR/artifacts or ~/.cache/fbprof/artifacts)"),
     quiet: bool = quiet_option(),
 ) -> None:
     """Interpolation error of a grid LUT on held-out off-grid ops measured directly (MAPE)."""
@@ -208,12 +197,12 @@ def interp_check(
         raise InputError("--paired measures again: use it with --remeasure")
     if remeasure:
         from fbprof.backends.cache import ArtifactCache
-        from fbprof.cli.verify import _Progress
+        from fbprof.cli.common import VerifyProgress
         from fbprof.devices.profiles import load_profiles, open_device, resolve_device
         from fbprof.verify.interp import interleaved_interp_check
 
         prof, address = resolve_device(device, None, load_profiles())
-        listener = _Progress(quiet)
+        listener = VerifyProgress(quiet)
         listener.progress.start()
         with open_device(prof, address, {}) as dev:
             dev.check_backend(g.header.get("backend", ""))

@@ -7,10 +7,8 @@ from typing import Optional
 
 import typer
 
-import shlex
-
-from fbprof.cli.common import (ProgressListener, err_console, is_secret_option, json_option, parse_options,
-                               print_summary, verbose_option, verbosity)
+from fbprof.cli.common import (ProgressListener, err_console, json_option, parse_options, print_summary,
+                               verbose_option, verbosity)
 
 
 def measure(
@@ -31,7 +29,7 @@ def measure(
                                "each timing every op once (its third call in a row), a row = the median of its N "
                                "calls; robust to a machine that drifts between fast and slow spells (header 'pairing')"),
     onnx_exporter: str = typer.Option("dynamo", "--onnx-exporter", help="ONNX: dynamo (default) or legacy (TorchScript-based, ~10x faster export, deprecated upstream)"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR/artifacts or ~/.cache/fbprof/artifacts)"),
     profile: Optional[str] = typer.Option(None, "--profile", help="device profile for an adb:/ios: address (default: android / ios)"),
     profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
     benchmark_binary: Optional[Path] = typer.Option(None, "--benchmark-binary", help="adb: TFLite benchmark_model binary to push"),
@@ -44,19 +42,10 @@ def measure(
     json_out: bool = json_option(),
 ) -> None:
     """Measure every op of a search space on a device and write (or extend) its LUT CSV."""
-    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
     from fbprof.errors import InputError
-    from fbprof.backends.cache import ArtifactCache
     from fbprof.loop import LoopConfig
-    from fbprof.profiler.measure import MeasureRequest, measure_lut
-    from fbprof.space import load_space
+    from fbprof.profiler.measure import MeasureConfig, measure_lut, open_measure
 
-    if onnx_exporter not in ("dynamo", "legacy"):
-        raise InputError(f"--onnx-exporter {onnx_exporter!r}: expected dynamo or legacy")
-    prof, address = resolve_device(device, profile, load_profiles(profiles))
-    be = backend or prof.backend
-    th = threads or prof.threads
-    sp = load_space(space, resolution, width)
     try:
         loop = LoopConfig(warmup_runs=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max(max_time, min_time),
                           max_runs=max(10_000, min_runs))
@@ -66,52 +55,14 @@ def measure(
     for k, v in (("benchmark_binary", benchmark_binary), ("runner", runner), ("token", token)):
         if v is not None:
             opts[k] = str(v)
-    dev = open_device(prof, address, opts)
-    if backend is None and dev.supported_backends and be not in dev.supported_backends:
-        # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML): use what it runs
-        be = dev.supported_backends[0]
-        # said even with -q: it changes what the LUT holds
-        err_console.print(f"[yellow]{dev.name} cannot run {prof.backend}; measuring with {be} (--backend picks another)")
-    if out is None:
-        safe = device.replace(":", "_").replace("/", "_")
-        out = Path(f"{safe}-{be}.csv")
-    # the canonical command that reproduces this LUT (recorded in its header)
-    channels = getattr(sp, "kind", "") == "channels"  # FBNetV2-style: several resolutions, a grid
-    cmd = ["fbprof", "measure", "--device", device, "--backend", be, "--space", space]
-    if not channels or resolution is not None:
-        cmd += ["--resolution", str(sp.resolution)]
-    if not channels:
-        cmd += ["--width", f"{sp.width:g}"]
-    cmd += ["--threads", str(th), "--out", str(out), "--min-runs", str(min_runs),
-           "--min-time", f"{min_time:g}", "--max-time", f"{max_time:g}", "--warmup", str(warmup)]
-    if paired:
-        cmd += ["--paired", str(paired)]
-    if heldout:
-        if not channels:
-            raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
-        cmd += ["--heldout", str(heldout)]
-        if not sp.heldout_specs(heldout):
-            raise InputError(f"--heldout: space {sp.name} has no off-grid ops (every width option is a grid point)")
-    if profile:
-        cmd += ["--profile", profile]
-    if onnx_exporter != "dynamo":
-        cmd += ["--onnx-exporter", onnx_exporter]
-    if runner:
-        cmd += ["--runner", runner]
-    if benchmark_binary:
-        cmd += ["--benchmark-binary", str(benchmark_binary)]
-    for item in option:  # a secret's value is never written (LUT header, lock file)
-        k, _, _ = item.partition("=")
-        cmd += ["--option", f"{k}=<secret>" if is_secret_option(k) else item]
+    config = MeasureConfig(out=out, device=device, backend=backend, space=space, resolution=resolution, width=width,
+                           heldout=heldout, threads=threads, loop=loop, remeasure=remeasure, paired=paired,
+                           export_workers=workers, onnx_exporter=onnx_exporter, cache_dir=cache_dir, profile=profile,
+                           profiles=list(profiles), options=opts)
     level = verbosity(quiet, verbose)
     listener = ProgressListener(quiet=level < 0, verbose=level > 0)
-    with dev:
-        req = MeasureRequest(
-            specs=sp.heldout_specs(heldout) if heldout else sp.all_specs(), out=out, device=dev, backend=be, threads=th, loop=loop,
-            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels and not heldout else [], remeasure=remeasure,
-            cache=ArtifactCache(cache_dir), export_workers=workers, paired=paired,
-            export_options={"onnx_exporter": onnx_exporter} if onnx_exporter != "dynamo" else {}, command=shlex.join(cmd),
-        )
+    # said even with -q: it changes what the LUT holds
+    with open_measure(config, on_note=lambda m: err_console.print(f"[yellow]{m}")) as req:
         summary = measure_lut(req, listener)
     if json_out:
         from fbprof.cli.jsonout import emit

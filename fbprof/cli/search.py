@@ -67,9 +67,6 @@ def search(
 
     level = verbosity(quiet, verbose)
 
-    _check_search_args(out, {"--lr": w_lr, "--theta-lr": theta_lr, "--tau0": tau0, "--target-ms": target_ms,
-                             "--width": width}, {"--tau-decay": tau_decay, "--alpha": alpha, "--beta": beta,
-                                                 "--target-weight": target_weight})
     cfg = SearchConfig(
         lut=str(lut), out=str(out), space=space, lut_resolution=lut_resolution, width=width, head_channels=head_channels,
         data=data, limit_per_class=limit_per_class, resolution=resolution, min_feature=min_feature, epochs=epochs, warmup_epochs=warmup_epochs,
@@ -77,6 +74,7 @@ def search(
         target_ms=target_ms, target_weight=target_weight, mode=mode, estimator=estimator, theta_paths=theta_paths, samples=samples, seed=seed, device=device,
         max_steps=max_steps, min_epoch_steps=min_epoch_steps, resume=resume, calibrated=calibrated,
     )
+    cfg.validate()  # bad arguments are messages before any work starts (run_search checks again, for API callers)
     listener = SearchProgress(level < 0 or json_out)
     try:
         result = run_search(cfg, listener)
@@ -93,25 +91,10 @@ def search(
              target_us=result.target_us, heldout_accuracy_supernet=result.heldout_accuracy,
              heldout_ce_supernet=result.heldout_ce, wall_s=result.wall_s,
              files={"summary": str(result.out / "summary.json"), "history": str(result.out / "theta_history.json"),
-                    "plot": str(result.out / "theta.png")})
+                    # the FBNetV2 search draws no theta plot
+                    **({"plot": str(result.out / "theta.png")} if (result.out / "theta.png").exists() else {})})
         return
     print_result(result)
-
-
-def _check_search_args(out: Path, positive: dict, finite: dict) -> None:
-    """Bad arguments are messages before any work starts (not a traceback after the first epoch)."""
-    import math
-
-    from fbprof.errors import InputError
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: is a file; the search writes a folder there", hint="pick another --out")
-    for flag, v in positive.items():
-        if v is not None and not (math.isfinite(v) and v > 0):
-            raise InputError(f"{flag} {v!r}: expected a finite number > 0")
-    for flag, v in finite.items():
-        if not math.isfinite(v) or v < 0:
-            raise InputError(f"{flag} {v!r}: expected a finite number >= 0")
 
 
 class SearchProgress(SearchListener):
@@ -149,7 +132,8 @@ class SearchProgress(SearchListener):
         self.remaining_epochs = info["epochs"] - info["start_epoch"]
 
     def on_note(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]{message}")
+        if not self.quiet:
+            self.progress.console.print(f"[yellow]{message}")
 
     def on_epoch_start(self, epoch: int, epochs: int, tau: float, steps: dict) -> None:
         self.epoch, self.tau = epoch, tau
@@ -171,6 +155,8 @@ class SearchProgress(SearchListener):
                 f"epoch {self.epoch}/{self.epochs} {phase:5s} CE {ce:.3f} LAT {latency_us / 1000:.3f} ms tau {self.tau:.2f}"))
 
     def on_epoch_end(self, record: dict) -> None:
+        if self.quiet:
+            return
         self.progress.console.print(
             f"epoch {record['epoch']}/{self.epochs} [{record['phase']}] w CE {record['w_ce']:.3f}  "
             f"theta-split CE {record['theta_split_ce_most_likely']:.3f} acc {record['theta_split_accuracy_most_likely']:.3f} "

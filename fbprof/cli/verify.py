@@ -7,51 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fbprof.cli.common import console, err_console, json_option, parse_options, verbose_option, verbosity
-
-
-class _Progress:
-    """Rich bars with ETA for the export and the interleaved measuring rounds."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
-            console=err_console, disable=quiet,
-        )
-        self.quiet = quiet
-        self.export_task = None
-        self.measure_task = None
-
-    def on_plan(self, plan) -> None:
-        if not self.quiet:
-            n_cal = sum(s == "calibration" for s in plan.splits.values())
-            err_console.print(
-                f"{len(plan.archs)} architectures of {plan.space.name}@{plan.space.resolution} "
-                f"({n_cal} calibration, {len(plan.archs) - n_cal} held-out); backend {plan.backend}, "
-                f"{plan.threads} thread(s); noise network: {plan.noise_arch or '-'}")
-        self.progress.start()
-
-    def on_export_start(self, count: int) -> None:
-        self.export_task = self.progress.add_task("exporting", total=count, current="")
-
-    def on_export_done(self, name: str) -> None:
-        self.progress.update(self.export_task, advance=1, current=name)
-
-    def on_measure_start(self, total: int) -> None:
-        self.measure_task = self.progress.add_task("measuring", total=total, current="")
-
-    def on_measure_done(self, name: str, round_index: int, median_us: float) -> None:
-        self.progress.update(self.measure_task, advance=1, current=f"round {round_index + 1}: {name} {median_us / 1000:.2f} ms")
-
-    def on_note(self, message: str) -> None:
-        if not self.quiet:
-            self.progress.console.print(f"[yellow]{message}")
-
-    def stop(self) -> None:
-        self.progress.stop()
+from fbprof.cli.common import (VerifyProgress, console, err_console, json_option, parse_options, verbose_option,
+                               verbosity)
 
 
 def _line(name: str, d: dict) -> str:
@@ -88,7 +46,7 @@ def verify(
     min_time: Optional[float] = typer.Option(None, "--min-time", min=0.0, help="seconds of samples per measurement (default: the LUT's loop)"),
     workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
     export_only: bool = typer.Option(False, "--export-only", help="only export the networks (warm the cache), measure nothing"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR or ~/.cache/fbprof/artifacts)"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="artifact cache (default: $FBPROF_CACHE_DIR/artifacts or ~/.cache/fbprof/artifacts)"),
     out: Path = typer.Option(Path("verify"), "--out", "-o", help="report folder (verify.csv, summary.json, verify.png, COMMAND.txt)"),
     profiles: list[Path] = typer.Option([], "--profiles", help="extra device profile files or folders"),
     option: list[str] = typer.Option([], "--option", help="extra device setting KEY=VALUE (repeatable)"),
@@ -159,16 +117,20 @@ def verify(
         if breakdown_worst:
             args += ["--breakdown-worst", str(breakdown_worst)]
         args += ["--seed", str(seed)] + (["--paired", str(paired)] if paired else ["--rounds", str(rounds)])
+        if min_runs is not None:
+            args += ["--min-runs", str(min_runs)]
+        if min_time is not None:
+            args += ["--min-time", f"{min_time:g}"]
         args += ["--out", str(out)]
         _breakdown(lut, prof, address, opts, sp, breakdown, breakdown_worst, rounds, seed, loop, cache_dir, workers, out,
-                   shlex.join(args), quiet, paired)
+                   shlex.join(args), quiet or json_out, paired, backend, json_out)
         return
     if paired:
         args.insert(args.index("--noise-repeats"), "--paired")
         args.insert(args.index("--noise-repeats"), str(paired))
     cmd = shlex.join(args)
     level = verbosity(quiet, verbose)
-    listener = _Progress(level < 0)
+    listener = VerifyProgress(level < 0)
     given = given_archs(arch, sp or read_lut(lut).space()) if arch else []
     with open_device(prof, address, opts) as dev:
         req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, archs=given, samples=samples, seed=seed,
@@ -227,7 +189,7 @@ def verify(
 
 
 def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, cache_dir, workers, out, cmd, quiet,
-               paired: int = 0) -> None:
+               paired: int = 0, backend: str | None = None, json_out: bool = False) -> None:
     from rich.table import Table
 
     from fbprof.backends.cache import ArtifactCache
@@ -240,6 +202,9 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
     from fbprof.verify.breakdown import BreakdownRequest, run_breakdown, worst_from_report, write_breakdown
 
     table = read_lut(lut)
+    if backend is not None and backend != table.backend():
+        raise InputError(f"--breakdown measures with the LUT's backend ({table.backend()}), not --backend {backend}",
+                         hint="leave --backend out, or break down against a LUT of that backend")
     space = sp or table.space()
     archs = given_archs(names, space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
     if worst and isinstance(space, ChannelSpace):
@@ -247,7 +212,7 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
                          "networks from verify.csv); give the networks with --breakdown")
     if worst:
         archs += worst_from_report(Path(out) / "verify.csv", space, worst)
-    listener = _Progress(quiet)
+    listener = VerifyProgress(quiet)
     listener.progress.start()
     with open_device(prof, address, opts) as dev:
         req = BreakdownRequest(lut, dev, archs, rounds=rounds, seed=seed, loop=loop, cache=ArtifactCache(cache_dir),
@@ -261,7 +226,21 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
                             extra={"command": cmd, "lut": str(lut), "seed": seed,
                                    **({"paired_iterations": paired} if paired else {"rounds": rounds})})
     atomic_write_text(Path(out) / "BREAKDOWN_COMMAND.txt", cmd + "\n")
-    failed = False
+    failed = any(b.failed for b in result)
+    if json_out:
+        from fbprof.cli.jsonout import emit
+        from fbprof.verify.breakdown import breakdown_summary
+
+        layers = {b.arch.name: [{"index": c.index, "layer": c.layer, "key": c.key, "isolated_us": c.isolated_us,
+                                 "isolated_now_us": c.isolated_now_us, "in_context_us": c.in_context_us,
+                                 "ratio": c.ratio} for c in b.layers] for b in result}
+        emit("verify-breakdown", summary={"command": cmd, "lut": str(lut), "archs": breakdown_summary(result),
+                                          "layers": layers},
+             files={k: str(v) for k, v in paths.items()},
+             failed={f"{b.arch.name}/{n}": why for b in result for n, why in sorted(b.failed.items())})
+        if failed:
+            raise typer.Exit(1)
+        return
     for b in result:
         t = Table("#", "layer", "op key", "LUT µs", "isolated µs", "in context µs", "ratio", title=b.arch.name)
         for c in b.layers:
@@ -277,7 +256,6 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
                           f"({100 * (b.isolated_sum_us - e2e) / e2e:+.1f}%)"
                           + ("" if now is None else f"; isolated sum this run {now:.1f} µs ({100 * (now - e2e) / e2e:+.1f}%)"))
         for n, why in sorted(b.failed.items()):
-            failed = True
             err_console.print(f"[red]failed[/] {n}: {why}")
     console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     if failed:

@@ -179,9 +179,10 @@ class AdbDevice(Device):
             return
         self.check_backend(backend)
         # create only the folders that are missing, and say which: cleanup removes those and nothing else
-        wanted = [d for d in (self.remote, self._rpath("models"), self._rpath("out")) if d not in self.created_dirs]
-        script = "; ".join(f"if [ ! -d {_q(d)} ]; then mkdir -p {_q(d)} && echo FBPROF_MKDIR {_q(d)}; fi"
-                           for d in wanted) + "; test -d " + " -a -d ".join(_q(d) for d in wanted)
+        dirs = (self.remote, self._rpath("models"), self._rpath("out"))
+        wanted = [d for d in dirs if d not in self.created_dirs]
+        script = "; ".join([f"if [ ! -d {_q(d)} ]; then mkdir -p {_q(d)} && echo FBPROF_MKDIR {_q(d)}; fi"
+                            for d in wanted] + ["test -d " + " -a -d ".join(_q(d) for d in dirs)])
         out, rc = self.link.shell(script, "preparing " + self.remote)
         for line in out.splitlines():
             made = line[len("FBPROF_MKDIR "):].strip() if line.startswith("FBPROF_MKDIR ") else None
@@ -210,10 +211,10 @@ class AdbDevice(Device):
         if not any(b in self._setup_done for b in RUNNERS["python"]):
             files = [(pkg / "loop.py", "fbprof_loop.py"), (pkg / "devices" / "adb_remote_runner.py", "fbprof_runner.py"),
                      *files]
+        self._claim([self._rpath(name) for _, name in files])
         for src, name in files:
             local = self._tmp / name
             local.write_bytes(src.read_bytes())
-            self._created(self._rpath(name))
             self.link.push(local, self._rpath(name), f"pushing {name}")
         cmd = f"{_q(self.s.python)} {_q(self._rpath('fbprof_runner.py'))} version {_q(backend)} 2>&1"
         out, rc = self.link.shell(cmd, "checking the device's Python", self._run_timeouts(0.0))  # imports take time
@@ -237,7 +238,7 @@ class AdbDevice(Device):
         if self.s.benchmark_binary:
             local = Path(self.s.benchmark_binary).expanduser()
             self._binary = self._rpath("benchmark_model")
-            self._created(self._binary)
+            self._claim([self._binary])
             self.link.push(local, self._binary, "pushing benchmark_model", mode=0o755)
         else:
             self._binary = self.s.benchmark_model
@@ -369,10 +370,22 @@ class AdbDevice(Device):
             env["thermal"] = f"still above {limit:g}C"
         return env
 
-    def _created(self, *paths: str) -> None:
-        for p in paths:
-            if p not in self.created_files:
-                self.created_files.append(p)
+    def _claim(self, paths: list[str]) -> None:
+        """``paths`` are about to be pushed: record as created (removed by cleanup) those that do not exist yet.
+        A file already there (a user's, or one an earlier run left) is overwritten but never removed. Files in a
+        folder this run created are new without asking; the others are checked in one shell command."""
+        paths = [p for p in paths if p not in self.created_files]
+        ask = [p for p in paths if p.rsplit("/", 1)[0] not in self.created_dirs]
+        existing: set[str] = set()
+        if ask:  # by index, so that no file name has to survive the round trip through the shell's output
+            script = ("i=0; for f in " + " ".join(_q(p) for p in ask) +
+                      '; do if [ -e "$f" ] || [ -L "$f" ]; then echo "FBPROF_EXISTS $i"; fi; i=$((i+1)); done; true')
+            out, _ = self.link.shell(script, "checking which files are already on the device")
+            for line in out.splitlines():
+                tag, _, idx = line.strip().partition(" ")
+                if tag == "FBPROF_EXISTS" and idx.isdigit() and int(idx) < len(ask):
+                    existing.add(ask[int(idx)])
+        self.created_files += [p for p in paths if p not in existing]
 
     def cleanup_commands(self, limit: int = 3000) -> list[str]:
         """Shell commands (each under ``limit`` characters) that remove what this run created and nothing
@@ -398,21 +411,27 @@ class AdbDevice(Device):
         self._pending = [a for a in artifacts if a.path not in self._pushed]
 
     def _push_one(self, art: Artifact) -> _Pushed:
-        name = _remote_name(art.key)
+        return self._push_batch([art])[0]
+
+    def _push_batch(self, arts: list[Artifact]) -> list[_Pushed]:
         models, outs = self._rpath("models"), self._rpath("out")
-        pushed = _Pushed(f"{models}/{name}{art.path.suffix}", f"{models}/{name}.input.npy",
-                         f"{outs}/{name}.output.npy")
-        if art.path.is_dir():
-            raise MeasurementError(f"{art.key}: {art.path.name} is a folder; adb runners take single-file models")
-        self._created(pushed.model)
-        self.link.push(art.path, pushed.model, f"pushing {art.key}")
-        if self.s.runner == "python":
-            self._created(pushed.input, pushed.output)
-            local_in = self._tmp / "input.npy"
-            np.save(local_in, np.ascontiguousarray(art.input), allow_pickle=False)
-            self.link.push(local_in, pushed.input, f"pushing the input of {art.key}")
-        self._pushed[art.path] = pushed
-        return pushed
+        plan = []
+        for art in arts:
+            if art.path.is_dir():
+                raise MeasurementError(f"{art.key}: {art.path.name} is a folder; adb runners take single-file models")
+            name = _remote_name(art.key)
+            plan.append((art, _Pushed(f"{models}/{name}{art.path.suffix}", f"{models}/{name}.input.npy",
+                                      f"{outs}/{name}.output.npy")))
+        python = self.s.runner == "python"
+        self._claim([p for _, x in plan for p in ((x.model, x.input, x.output) if python else (x.model,))])
+        for art, pushed in plan:
+            self.link.push(art.path, pushed.model, f"pushing {art.key}")
+            if python:
+                local_in = self._tmp / "input.npy"
+                np.save(local_in, np.ascontiguousarray(art.input), allow_pickle=False)
+                self.link.push(local_in, pushed.input, f"pushing the input of {art.key}")
+            self._pushed[art.path] = pushed
+        return [x for _, x in plan]
 
     def _ensure_pushed(self, art: Artifact) -> _Pushed:
         if art.path in self._pushed:
@@ -420,8 +439,7 @@ class AdbDevice(Device):
         batch = [art]
         pending = [a for a in self._pending if a.path != art.path and a.path not in self._pushed]
         batch += pending[: max(0, self.s.push_batch - 1)]
-        for a in batch:
-            self._push_one(a)
+        self._push_batch(batch)
         self._pending = [a for a in self._pending if a.path not in self._pushed]
         return self._pushed[art.path]
 

@@ -22,10 +22,11 @@ __all__ = ["LocalDevice", "cpu_fingerprint", "pinned"]
 def cpu_fingerprint() -> dict[str, str]:
     fp = {"os": platform.platform(), "python": platform.python_version(), "cores": str(os.cpu_count() or 1)}
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                fp["cpu_model"] = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith(("model name", "hardware", "cpu model")):
+                    fp["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     fp.setdefault("cpu_model", platform.processor() or platform.machine())

@@ -22,7 +22,7 @@ from fbprof.devices.base import Device
 from fbprof.errors import FileFormatError, InputError
 from fbprof.space import read_data_file
 
-__all__ = ["coerce_setting", "DeviceProfile", "TRANSPORTS", "ADDRESS_PREFIXES", "load_profiles", "resolve_device", "open_device"]
+__all__ = ["coerce_setting", "is_secret_option", "SECRET_WORDS", "DeviceProfile", "TRANSPORTS", "ADDRESS_PREFIXES", "load_profiles", "resolve_device", "open_device"]
 
 #: transport -> "module:function" with function(profile, address, options) -> Device
 TRANSPORTS: dict[str, str] = {
@@ -33,6 +33,16 @@ TRANSPORTS: dict[str, str] = {
 #: address prefix in --device -> (transport, generic profile)
 ADDRESS_PREFIXES: dict[str, tuple[str, str]] = {"adb": ("adb", "android"), "ios": ("companion", "ios")}
 _FIELDS = {"name", "transport", "backend", "threads", "description", "settings"}
+
+
+#: device setting keys whose values are secrets: never echoed, never written to a file
+SECRET_WORDS = ("token", "secret", "password", "passwd", "credential")
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether the device setting ``key`` holds a secret (its value is never echoed or written)."""
+    k = key.lower()
+    return any(w in k for w in SECRET_WORDS)
 
 
 @dataclass(frozen=True)
@@ -71,10 +81,10 @@ def coerce_setting(name: str, value: Any, typ: str, where: str, positive: bool =
                 return False
             raise ValueError("expected true or false")
         if typ == "int":
-            if isinstance(value, bool):
-                raise ValueError("expected int")
+            if isinstance(value, bool) or (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
+                raise ValueError("expected a whole number")
             v = int(value)
-            if v < (1 if positive else 0):
+            if v < (1 if positive else 0) or v > 10**9:
                 raise ValueError("out of range")
             return v
         if typ.startswith("float"):

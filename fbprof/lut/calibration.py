@@ -34,7 +34,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from fbprof.errors import FileFormatError
+from fbprof.errors import FileFormatError, InputError
+from fbprof.fileio import LockHeld, OutputLock
 from fbprof.lut.table import Lut, LutRow, read_lut, write_lut
 from fbprof.space import Arch
 
@@ -339,12 +340,26 @@ def select_and_fit(
     return cal, FitReport(chosen, scores, len(archs), rule)
 
 
-def store_calibration(lut_path: str, cal: LinearCalibration, info: dict[str, Any]) -> Lut:
-    """Write ``cal`` into the LUT's header (rows unchanged, atomically); returns the re-read LUT."""
-    lut = read_lut(lut_path)
-    stored = LinearCalibration(cal.model, cal.intercept_us, dict(cal.scales),
-                               info={**info, "rows_digest": rows_digest(lut.rows)})
-    header = dict(lut.header)
-    header[HEADER_FIELD] = stored.to_json()
-    write_lut(lut_path, header, lut.rows.values())
+def store_calibration(lut_path: str, cal: LinearCalibration, info: dict[str, Any],
+                      fitted_rows: dict[str, LutRow] | None = None) -> Lut:
+    """Write ``cal`` into the LUT's header (rows unchanged, atomically, holding the LUT's output lock so a
+    measuring run cannot write it at the same time); returns the re-read LUT.
+
+    ``fitted_rows``: the rows the calibration was fitted on. If the file's rows are no longer those (a
+    ``measure`` extended it meanwhile), nothing is written: the digest stamped in the header must name the
+    rows the fit saw. Raises :class:`InputError` then, or when another run holds the lock."""
+    try:
+        with OutputLock(lut_path, "fbprof verify (storing a calibration)"):
+            lut = read_lut(lut_path)
+            digest = rows_digest(lut.rows)
+            if fitted_rows is not None and digest != rows_digest(fitted_rows):
+                raise InputError(f"{lut_path}: its rows changed while the calibration was being fitted; not stored",
+                                 hint="run verify again on the LUT as it is now")
+            stored = LinearCalibration(cal.model, cal.intercept_us, dict(cal.scales), info={**info, "rows_digest": digest})
+            header = dict(lut.header)
+            header[HEADER_FIELD] = stored.to_json()
+            write_lut(lut_path, header, lut.rows.values())
+    except LockHeld as e:
+        raise InputError(f"{lut_path} is being written by another run ({e.holder}); calibration not stored",
+                         hint="run verify again when that run has ended") from None
     return read_lut(lut_path)

@@ -163,6 +163,13 @@ class Lut:
     def backend(self) -> str:
         return self.header.get("backend", "")
 
+    def validate(self) -> "Lut":
+        """Parse the structured header fields strictly too (spaces, threads, loop, pairing, grid): a malformed
+        one raises :class:`FileFormatError` naming the file and line. What ``fbprof lut validate`` and
+        :func:`fbprof.validate_lut` check beyond the strict reading of the rows. Returns the LUT."""
+        self.space_tags(), self.threads(), self.loop_config(), self.pairing(), self.grid()
+        return self
+
     def calibration(self):
         """The stored calibration (``calibration`` field), or None; see :mod:`fbprof.lut.calibration`."""
         from fbprof.lut.calibration import calibration_of

@@ -142,11 +142,15 @@ class ArchExport:
 
 
 def _place(src: Path, out: Path) -> None:
-    """Move a file or folder to ``out`` atomically (replacing what is there)."""
+    """Move a file or folder to ``out`` atomically. A file there is replaced; a folder only when it is a model
+    package like the one placed (an ``.mlpackage`` with its ``Manifest.json``), never a folder of the user's."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
         old = None
-        if out.exists():
+        if out.is_dir() and not (out / "Manifest.json").is_file():
+            raise InputError(f"{out} is a folder that is not a model package; fbprof does not replace it",
+                             hint="give a new path, e.g. model.mlpackage")
+        if out.exists() or out.is_symlink():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
         os.replace(src, out)

@@ -10,9 +10,12 @@ measured and, on a device that defers retries, noisy ones waiting to be measured
 from __future__ import annotations
 
 import re
+import shlex
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from fbprof import __version__
 from fbprof.artifact import Artifact, check_output
@@ -31,7 +34,10 @@ from fbprof.spec import OpSpec
 #: recorded in LUT headers: how the measured ops' activations were made realistic (see profiler/ops.py)
 ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
 
-__all__ = ["Listener", "MeasureRequest", "MeasureSummary", "measure_lut", "build_header"]
+__all__ = ["Listener", "MeasureConfig", "MeasureRequest", "MeasureSummary", "measure_lut", "open_measure", "build_header"]
+
+#: ONNX exporters ``MeasureConfig.onnx_exporter`` takes (dynamo is the default; legacy is an option only)
+ONNX_EXPORTERS = ("dynamo", "legacy")
 
 
 class Listener:
@@ -71,6 +77,112 @@ class MeasureRequest:
     def __post_init__(self) -> None:
         if self.paired:  # a device object is only asked when pairing is wanted
             self.device.check_paired(self.paired, "leave --paired out")
+
+
+@dataclass
+class MeasureConfig:
+    """What a measuring run measures, and how: the options of ``fbprof measure`` (and of
+    :func:`fbprof.run_measure`), turned into a :class:`MeasureRequest` by :func:`open_measure`, the one place
+    that resolves the device, the space, the backend, the output path and the recorded command."""
+
+    out: str | Path | None = None  # LUT CSV to create or extend (default: <device>-<backend>.csv)
+    device: str = "local"  # profile name (local, s8, iphonex) or adb:SERIAL, adb:HOST:PORT, ios:HOST:PORT
+    backend: str | None = None  # default: the device profile's (or, if the device cannot run it, what it runs)
+    space: str | Path = "fbnet"
+    resolution: int | None = None
+    width: float | None = None
+    keys: list[str] | None = None  # measure only these op keys of the space (default: every op)
+    heldout: int = 0  # channel spaces: N random off-grid ops instead of the grid (for `lut interp-check`)
+    threads: int | None = None  # default: the profile's
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    remeasure: bool = False
+    paired: int = 0  # > 0, local device: rows by sample-level pairing, this many iterations
+    export_workers: int = 1
+    onnx_exporter: str = "dynamo"
+    cache_dir: str | Path | None = None  # default: $FBPROF_CACHE_DIR/artifacts or ~/.cache/fbprof/artifacts
+    profile: str | None = None  # profile of an adb:/ios: address
+    profiles: list[str | Path] = field(default_factory=list)  # extra device profile files or folders
+    options: dict[str, Any] = field(default_factory=dict)  # device settings (the CLI's --option KEY=VALUE, --runner, ...)
+
+
+#: device settings that are also options of ``fbprof measure`` of their own (recorded as such in the command)
+_OWN_FLAGS = {"runner": "--runner", "benchmark_binary": "--benchmark-binary"}
+
+
+@contextmanager
+def open_measure(config: MeasureConfig, on_note: Callable[[str], None] | None = None) -> Iterator[MeasureRequest]:
+    """The device opened and the request built for ``config`` (closed on exit). ``on_note`` hears what changes
+    what the LUT holds (a backend the device cannot run replaced by one it runs)."""
+    from fbprof.devices.profiles import is_secret_option, load_profiles, open_device, resolve_device
+    from fbprof.space import load_space
+
+    if config.onnx_exporter not in ONNX_EXPORTERS:
+        raise InputError(f"--onnx-exporter {config.onnx_exporter!r}: expected {' or '.join(ONNX_EXPORTERS)}")
+    prof, address = resolve_device(config.device, config.profile, load_profiles(config.profiles))
+    sp = load_space(config.space, config.resolution, config.width)
+    channels = getattr(sp, "kind", "") == "channels"  # FBNetV2-style: several resolutions, a grid
+    if config.heldout:
+        if not channels:
+            raise InputError(f"--heldout: space {sp.name} has no grid (only channel spaces, like fbnetv2, do)")
+        specs = sp.heldout_specs(config.heldout)
+        if not specs:
+            raise InputError(f"--heldout: space {sp.name} has no off-grid ops (every width option is a grid point)")
+    else:
+        specs = sp.all_specs()
+    if config.keys is not None:
+        have = {s.key: s for s in specs}
+        unknown = [k for k in config.keys if k not in have]
+        if unknown:
+            raise InputError(f"MeasureConfig.keys: {', '.join(unknown)} not in space {sp.name} "
+                             f"at {sp.resolution}, width {sp.width:g}")
+        specs = [have[k] for k in config.keys]
+    threads = config.threads or prof.threads
+    with open_device(prof, address, {k: str(v) for k, v in config.options.items()}) as dev:
+        backend = config.backend or prof.backend
+        if config.backend is None and dev.supported_backends and backend not in dev.supported_backends:
+            # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML)
+            backend = dev.supported_backends[0]
+            if on_note is not None:
+                on_note(f"{dev.name} cannot run {prof.backend}; measuring with {backend} (--backend picks another)")
+        out = Path(config.out) if config.out is not None else \
+            Path(f"{config.device.replace(':', '_').replace('/', '_')}-{backend}.csv")
+        yield MeasureRequest(
+            specs=specs, out=out, device=dev, backend=backend, threads=threads, loop=config.loop,
+            spaces=list(sp.tags) if channels else [sp.tag], grid=sp.grid() if channels and not config.heldout else [],
+            remeasure=config.remeasure, cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,
+            paired=config.paired,
+            export_options={"onnx_exporter": config.onnx_exporter} if config.onnx_exporter != "dynamo" else {},
+            command=_command(config, sp, channels, backend, threads, out, is_secret_option),
+        )
+
+
+def _command(config: MeasureConfig, sp: Any, channels: bool, backend: str, threads: int, out: Path,
+             is_secret: Callable[[str], bool]) -> str:
+    """The canonical command that reproduces the LUT (its header's ``command``); no secret's value is in it."""
+    loop = config.loop
+    cmd = ["fbprof", "measure", "--device", config.device, "--backend", backend, "--space", str(config.space)]
+    if not channels or config.resolution is not None:
+        cmd += ["--resolution", str(sp.resolution)]
+    if not channels:
+        cmd += ["--width", f"{sp.width:g}"]
+    cmd += ["--threads", str(threads), "--out", str(out), "--min-runs", str(loop.min_runs),
+            "--min-time", f"{loop.min_time_s:g}", "--max-time", f"{loop.max_time_s:g}", "--warmup", str(loop.warmup_runs)]
+    if config.paired:
+        cmd += ["--paired", str(config.paired)]
+    if config.heldout:
+        cmd += ["--heldout", str(config.heldout)]
+    if config.profile:
+        cmd += ["--profile", config.profile]
+    if config.onnx_exporter != "dynamo":
+        cmd += ["--onnx-exporter", config.onnx_exporter]
+    for k, v in config.options.items():
+        if k in _OWN_FLAGS:
+            cmd += [_OWN_FLAGS[k], str(v)]
+        elif k == "token" or is_secret(k):  # a secret's value is never written (LUT header, lock file)
+            cmd += ["--option", f"{k}=<secret>"]
+        else:
+            cmd += ["--option", f"{k}={v}"]
+    return shlex.join(cmd)
 
 
 @dataclass
@@ -171,7 +283,8 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     if cores.isdigit() and req.threads > int(cores) > 0:
         notes.append(f"warning: --threads {req.threads} is more than the device's {cores} cores: "
                      "its rows would measure contention, not the ops")
-    if out.exists():
+    existed = out.exists()
+    if existed:
         existing = read_lut(out)
         _check_identity(existing.header, header, str(out))
         rows.update(existing.rows)
@@ -218,6 +331,7 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
 
     retries = _Retries(req, lis, done, fail) if req.device.defers_retries else None
     journal.start(header)
+    finished = False
     try:
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
@@ -258,13 +372,16 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
             done(row[0], row[1])
         if retries is not None:
             retries.drain()
+        finished = True
     except KeyboardInterrupt:
         interrupted = True
         raise
     finally:
         getattr(stream, "close", lambda: None)()  # stops the export workers
         journal.close()
-        write_lut(out, header, rows.values())
+        # a new LUT that got no row because the run failed is not written: no header-only file is left behind
+        if existed or rows or (finished and not failed):
+            write_lut(out, header, rows.values())
         journal.remove()
         counts = {s: 0 for s in STATUSES}
         for k in wanted:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fbprof.errors import InputError
-from fbprof.fileio import atomic_write_bytes
+from fbprof.fileio import WriteError, atomic_write_bytes, cache_dir as _cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -116,13 +115,9 @@ def load_digits_data(resolution: int, in_channels: int = 3, test_fraction: float
 
 
 def cache_dir() -> Path:
-    """Where decoded images are cached: ``$FBPROF_CACHE_DIR``, else ``$XDG_CACHE_HOME/fbprof/images``, else
-    ``~/.cache/fbprof/images``."""
-    env = os.environ.get("FBPROF_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fbprof" / "images"
+    """Where decoded images are cached: :func:`fbprof.fileio.cache_dir` ``("images")``
+    (``$FBPROF_CACHE_DIR/images``, else ``$XDG_CACHE_HOME/fbprof/images``, else ``~/.cache/fbprof/images``)."""
+    return _cache_dir("images")
 
 
 def _class_folders(root: Path, what: str) -> list[Path]:
@@ -204,7 +199,7 @@ def _decode(files: list[tuple[Path, int]], resolution: int, mode: str, note=None
         atomic_write_bytes(cache, buf.getvalue())
         if note is not None:
             note(f"decoded {len(files)} images, cached in {cache}")
-    except OSError as e:  # a read-only home is not an error; the next run decodes again
+    except (OSError, WriteError) as e:  # a read-only or full cache is not an error; the next run decodes again
         if note is not None:
             note(f"could not write the image cache {cache}: {e}")
         return x, y, ""

@@ -131,15 +131,22 @@ class SearchConfig:
             raise InputError("batch size must be >= 2 (BatchNorm in training mode)")
         if self.samples < 0:
             raise InputError(f"samples must be >= 0, got {self.samples}")
-        for name in ("tau0", "w_lr", "theta_lr", "alpha", "beta", "target_weight"):
-            if not getattr(self, name) > 0:
-                raise InputError(f"{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
-        if self.tau_decay < 0:
-            raise InputError(f"tau decay must be >= 0, got {self.tau_decay}")
-        if self.target_ms is not None and not self.target_ms > 0:
-            raise InputError(f"--target-ms must be > 0, got {self.target_ms}")
+        # numbers: finite, and > 0 where a zero means nothing (a zero beta, target weight or tau decay is a choice:
+        # accuracy only, no target penalty, a constant temperature)
+        for flag, name, zero_ok in (("--lr", "w_lr", False), ("--theta-lr", "theta_lr", False), ("--tau0", "tau0", False),
+                                    ("--alpha", "alpha", False), ("--target-ms", "target_ms", False),
+                                    ("--width", "width", False), ("--beta", "beta", True),
+                                    ("--target-weight", "target_weight", True), ("--tau-decay", "tau_decay", True)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+                raise InputError(f"{flag} {v!r}: expected a finite number {'>= 0' if zero_ok else '> 0'}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError("max steps must be >= 1")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out}: is a file; the search writes a folder there", hint="pick another --out")
 
     def tau(self, epoch: int) -> float:
         return self.tau0 * math.exp(-self.tau_decay * epoch)

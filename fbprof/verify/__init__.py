@@ -27,7 +27,7 @@ import time
 
 from fbprof import __version__
 from fbprof.artifact import Artifact
-from fbprof.errors import MeasurementError
+from fbprof.errors import InputError, MeasurementError
 from fbprof.loop import INVALID
 from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of, select_and_fit, store_calibration
 from fbprof.lut.predict import predict
@@ -128,9 +128,15 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
         info = {"fitted_on": summary["counts"]["calibration"], "seed": req.seed, "rounds": req.rounds,
                 "held_out": {k: summary["calibrated"]["held_out"].get(k) for k in ("n", "mape_pct", "within_5_pct", "within_10_pct")},
                 "fbprof": __version__}
-        store_calibration(str(req.lut_path), cal, info)
-        summary["calibration"]["stored_in"] = str(req.lut_path)
-        lis.on_note(f"calibration ({cal.describe()}) stored in {req.lut_path}")
+        try:  # refused when the LUT's rows changed meanwhile or another run writes it: the results still stand
+            store_calibration(str(req.lut_path), cal, info, fitted_rows=plan.lut.rows)
+        except InputError as e:
+            summary["calibration"]["stored_in"] = None
+            summary["calibration"]["not_stored"] = str(e)
+            lis.on_note(f"calibration ({cal.describe()}) not stored: {e}")
+        else:
+            summary["calibration"]["stored_in"] = str(req.lut_path)
+            lis.on_note(f"calibration ({cal.describe()}) stored in {req.lut_path}")
     return VerifyResult(plan, results, noise, cal, source, fit_report, summary, failed)
 
 
