@@ -48,11 +48,11 @@ def lut_diff_numbers(a: str, b: str) -> dict:
     from fbprof.verify.stats import rank_stats
 
     d = diff_luts(read_lut(a), read_lut(b))
-    ratios = [r.ratio for r in d.rows]
+    s = d.summary()  # what `fbprof lut diff` prints
     ranks = rank_stats([r.a_us for r in d.rows], [r.b_us for r in d.rows])
-    return {"common_ops": len(d.rows), "median_ratio_b_over_a": round(statistics.median(ratios), 4),
-            "ratio_range": [round(min(ratios), 4), round(max(ratios), 4)],
-            "ops_b_faster": sum(r < 1 for r in ratios), "ops_a_faster": sum(r > 1 for r in ratios),
+    return {"common_ops": s["common"], "median_ratio_b_over_a": round(s["median_ratio"], 4),
+            "ratio_range": [round(s["min_ratio"], 4), round(s["max_ratio"], 4)],
+            "ops_b_faster": s["b_faster"], "ops_a_faster": s["a_faster"],
             **{k: (round(v, 4) if v is not None else None) for k, v in ranks.items()},
             "command": f"fbprof lut diff {a} {b}"}
 

@@ -18,7 +18,7 @@ subclass the listener or pass any object with the methods you want).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from fbprof.profiler.measure import MeasureConfig, MeasureSummary
     from fbprof.search.dnas import SearchConfig, SearchListener, SearchResult
-    from fbprof.verify import VerifyResult
+    from fbprof.verify import VerifyConfig, VerifyResult
 
 #: the public, stable names (``fbprof.<name>``): fbprof/__init__.py lists them (it offers them lazily)
 STABLE = ("__version__", *_API)
@@ -46,6 +46,7 @@ __all__ = list(STABLE) + ["STABLE"]
 #: names that load heavier modules (numpy, the profiler), resolved on first use by :func:`__getattr__`
 _LAZY = {
     "MeasureConfig": ("fbprof.profiler.measure", "MeasureConfig"),
+    "VerifyConfig": ("fbprof.verify.plan", "VerifyConfig"),
     "MeasureListener": ("fbprof.profiler.measure", "Listener"),
     "MeasureSummary": ("fbprof.profiler.measure", "MeasureSummary"),
     "VerifyListener": ("fbprof.verify.plan", "VerifyListener"),
@@ -160,57 +161,21 @@ def run_measure(config: "MeasureConfig", listener: Any = None) -> "MeasureSummar
 
 # ------------------------------------------------------------------------------------------------
 # verifying
-@dataclass
-class VerifyConfig:
-    """What :func:`run_verify` measures (the options of ``fbprof verify``)."""
+def run_verify(config: "VerifyConfig", listener: Any = None) -> "VerifyResult":
+    """Measure random whole networks end to end and compare them with the LUT's predictions (``fbprof verify``,
+    through the same :func:`fbprof.verify.open_verify`).
 
-    lut: str | Path
-    device: str = "local"
-    backend: str | None = None
-    space: str | Path | None = None  # default: the LUT header's single space
-    resolution: int | None = None
-    width: float | None = None
-    samples: int = 100
-    seed: int = 0
-    rounds: int = 3
-    paired: int = 0  # > 0, local device: sample-level pairing, this many iterations cut into `rounds` rounds
-    noise_repeats: int = 6
-    calib_fraction: float = 0.3
-    calibrate: bool = True
-    store: bool = True  # write a fitted calibration into the LUT header
-    published: bool = True  # add FBNet-A/B/C for the fbnet space
-    archs: list[str] = field(default_factory=list)  # also these networks, by name or arch file (held out)
-    loop: LoopConfig | None = None  # default: the LUT's
-    export_workers: int = 1
-    cache_dir: str | Path | None = None
-    report_dir: str | Path | None = None  # when given: verify.csv, summary.json and verify.png are written there
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-def run_verify(config: VerifyConfig, listener: Any = None) -> "VerifyResult":
-    """Measure random whole networks end to end and compare them with the LUT's predictions.
-
-    ``result.summary`` is the dict written as summary.json; ``result.results`` one entry per network.
+    ``result.summary`` is the dict written as summary.json; ``result.results`` one entry per network; with
+    ``config.report_dir``, verify.csv, summary.json, verify.png and COMMAND.txt are written there.
     """
-    from fbprof.backends.cache import ArtifactCache
-    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
-    from fbprof.lut.table import read_lut
-    from fbprof.verify import VerifyRequest, given_archs, run_verify, write_report
+    from fbprof.fileio import atomic_write_text
+    from fbprof.verify import open_verify, run_verify, write_report
 
-    prof, address = resolve_device(config.device, None, load_profiles())
-    sp = load_space(config.space, config.resolution, config.width) if config.space is not None else None
-    given = given_archs(list(config.archs), sp or read_lut(config.lut).space()) if config.archs else []
-    with open_device(prof, address, dict(config.options)) as dev:
-        req = VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp, archs=given,
-                            samples=config.samples, seed=config.seed, rounds=config.rounds, paired=config.paired,
-                            loop=config.loop,
-                            calibrate=config.calibrate, store=config.store, calib_fraction=config.calib_fraction,
-                            noise_repeats=config.noise_repeats, published=config.published,
-                            cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,
-                            command=f"fbprof.verify({config.lut})")
+    with open_verify(config) as req:
         result = run_verify(req, _adapt(listener, "fbprof.verify.plan", "VerifyListener"))
     if config.report_dir is not None:
         write_report(result, Path(config.report_dir))
+        atomic_write_text(Path(config.report_dir) / "COMMAND.txt", req.command + "\n")
     return result
 
 

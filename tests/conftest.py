@@ -16,8 +16,8 @@ def cache_dir(tmp_path_factory) -> Path:
     are shared; the cache's writes are atomic renames, so concurrent workers are safe)."""
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    path = root / "shared-artifacts"
-    path.mkdir(exist_ok=True)
+    path = root / "shared-cache" / "artifacts"  # where FBPROF_CACHE_DIR=shared-cache puts artifacts
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -31,7 +31,7 @@ def quick_loop():
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(monkeypatch, cache_dir):
-    monkeypatch.setenv("FBPROF_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("FBPROF_CACHE_DIR", str(cache_dir.parent))  # the CLI's default cache is cache_dir too
 
 
 def fbprof_cmd() -> list[str]:

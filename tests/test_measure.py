@@ -29,7 +29,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def tiny_lut(tmp_path_factory, cache_dir):
-    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir)
+    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir.parent)
     out = tmp_path_factory.mktemp("lut") / "tiny.csv"
     res = run("measure", "--space", "tiny", "--out", str(out), *QUICK)
     assert res.exit_code == 0, res.output
@@ -145,7 +145,7 @@ def _rows_in(path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_run_resumes_without_remeasuring(tmp_path, cache_dir, sig):
     out = tmp_path / "tiny.csv"
-    env = {**os.environ, "FBPROF_CACHE_DIR": str(cache_dir)}
+    env = {**os.environ, "FBPROF_CACHE_DIR": str(cache_dir.parent)}
     # slow enough per op (0.4 s) that the interruption lands mid-run
     args = [*fbprof_cmd(), "measure", "--space", "tiny", "--out", str(out), "--min-runs", "5", "--min-time", "0.4",
             "--warmup", "1", "--workers", "1", "-q"]
@@ -261,7 +261,7 @@ def test_noisy_rows_are_measured_again_after_other_rows_not_after_an_idle_pause(
 
 
 def test_paired_rows_are_medians_of_interleaved_single_calls_and_do_not_mix_with_loop_rows(tmp_path, cache_dir, remote_device):
-    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir)
+    os.environ["FBPROF_CACHE_DIR"] = str(cache_dir.parent)
     out = tmp_path / "paired.csv"
     res = run("measure", "--space", "tiny", "--backend", "torch", "--paired", "7", "--out", str(out), "--workers", "1", "-q")
     assert res.exit_code == 0, res.output

@@ -554,6 +554,11 @@ def test_item2_adb_cleanup_removes_only_what_it_created(tmp_path, existing):
                                    np.zeros(1, np.float32)))
             assert (remote / "models" / "k3_e1:8x4x4:8:s1.onnx").exists()
             (remote / "out" / "k3_e1:8x4x4:8:s1.output.npy").write_bytes(b"as the runner writes it")
+            # a batch whose existence check is longer than one shell command holds: checked in several
+            many = [Artifact(f"k5_e6:{'9' * 60}x{i}:8:s1", "onnx", model, np.zeros(1, np.float32),
+                             np.zeros(1, np.float32)) for i in range(30)]
+            dev._push_batch(many)
+            assert len(list((remote / "models").glob("k5_e6:*"))) == 60  # model and input of each
     if existing:
         left = sorted(str(p.relative_to(remote)) for p in remote.rglob("*"))
         assert left == ["fbprof_loop.py", "models", "models/k3_e1:8x4x4:8:s1.onnx", "models/mine.txt", "notes.txt",

@@ -264,6 +264,29 @@ def xnnpack_threads(threads: int | None = None) -> int:
     return int(count()) if count is not None else -1
 
 
+class _PoolLease:
+    """ExecuTorch's XNNPACK thread pool is process-wide and sessions overlap (verify and paired measuring keep
+    several open): the first session to open records the pool's size, the last one to close gives it back."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.before = -1
+
+    def take(self, threads: int) -> int:
+        if self.open == 0:
+            self.before = xnnpack_threads()
+        self.open += 1
+        return xnnpack_threads(threads)
+
+    def give_back(self) -> None:
+        self.open = max(0, self.open - 1)
+        if self.open == 0 and self.before > 0:
+            xnnpack_threads(self.before)
+
+
+_POOL = _PoolLease()  # process-wide, like the pool it tracks
+
+
 class ExecuTorchSession:
     def __init__(self, model_path: str, x, threads: int) -> None:
         from pathlib import Path
@@ -273,8 +296,7 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime, Verification
 
         self.torch = torch
-        self._pool_before = xnnpack_threads()  # process-wide: given back on close (or a failed open)
-        self.threads = xnnpack_threads(threads)
+        self.threads = _POOL.take(threads)  # given back on close (or a failed open)
         self._torch_threads_before = torch.get_num_threads()
         torch.set_num_threads(int(threads))
         try:
@@ -301,8 +323,7 @@ class ExecuTorchSession:
 
     def _give_back(self) -> None:
         self.torch.set_num_threads(self._torch_threads_before)
-        if self._pool_before > 0 and self._pool_before != self.threads:
-            xnnpack_threads(self._pool_before)
+        _POOL.give_back()
 
 
 def open_session(model_path: str, x, threads: int) -> ExecuTorchSession:

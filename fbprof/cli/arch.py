@@ -81,6 +81,7 @@ def predict(
 ) -> None:
     """Predicted latency of architectures from a LUT (total and per layer)."""
     from fbprof.lut.predict import predict as predict_arch
+    from fbprof.lut.predict import rows_not_ok
     from fbprof.lut.table import read_lut
     from fbprof.space import load_arch
 
@@ -90,15 +91,7 @@ def predict(
     for name in archs:
         a = load_arch(name)
         results.append((a, predict_arch(a, table)))
-    # rows that are not ok, each once, with the architectures that use it
-    not_ok: dict[str, dict] = {}
-    for a, p in results:
-        for c in p.layers:
-            row = table.rows.get(c.key)  # an interpolated layer (grid LUT) has no row of its own
-            if c.status not in ("ok", "identity") and row is not None:
-                entry = not_ok.setdefault(c.key, {"key": c.key, "status": row.status, "note": row.note, "archs": []})
-                if a.name not in entry["archs"]:
-                    entry["archs"].append(a.name)
+    not_ok = rows_not_ok(results, table)
     if plot is not None:
         from fbprof.lut.plot import predictions_png
 
@@ -114,7 +107,7 @@ def predict(
                      "layers": [{"layer": c.layer, "key": c.key, "op": c.key.split(":", 1)[0], "latency_us": c.latency_us,
                                  "share": c.latency_us / p.total_us if p.total_us else 0.0, "status": c.status,
                                  "macs": c.macs} for c in p.layers]} for a, p in results],
-             not_ok=[not_ok[k] for k in sorted(not_ok)])
+             not_ok=not_ok)
         return
     for a, p in results:
         if layers or len(archs) == 1:
@@ -130,14 +123,13 @@ def predict(
     console.print(s)
     if not_ok and level >= 0:
         # one summary, each row once (not once per architecture)
-        users = {n for e in not_ok.values() for n in e["archs"]}
+        users = {n for e in not_ok for n in e["archs"]}
         err_console.print(f"[yellow]warning: {len(not_ok)} LUT row{'s' if len(not_ok) != 1 else ''} these predictions "
                           f"use {'are' if len(not_ok) != 1 else 'is'} not ok (used by {', '.join(sorted(users))}); "
                           "their latencies are less certain" + ("" if level > 0 else " (-v lists them)"))
         if level > 0:
-            for k in sorted(not_ok):
-                e = not_ok[k]
-                err_console.print(f"  {k}: {e['status']}" + (f", {e['note']}" if e["note"] else "")
+            for e in not_ok:
+                err_console.print(f"  {e['key']}: {e['status']}" + (f", {e['note']}" if e["note"] else "")
                                   + f" (in {', '.join(e['archs'])})")
 
 

@@ -118,32 +118,23 @@ def diff(
         from fbprof.lut.plot import diff_png
 
         write_plot(plot, diff_png(d, _label(la, a), _label(lb, b)), -1 if json_out else level)
+    summary = d.summary()
     if json_out:
-        import statistics
-
         from fbprof.cli.jsonout import emit, finite, lut_id
 
-        ratios = [r.ratio for r in d.rows]
-        faster_b = sum(1 for x in ratios if x < 1)
         emit("lut-diff", a=lut_id(la), b=lut_id(lb),
              rows=[{"key": r.key, "a_us": r.a_us, "b_us": r.b_us, "ratio": finite(r.ratio)} for r in rows],
              only_a=d.only_a, only_b=d.only_b,
-             summary={"common": len(ratios), "b_faster": faster_b, "a_faster": len(ratios) - faster_b,
-                      "median_ratio": finite(statistics.median(ratios)) if ratios else None,
-                      "min_ratio": finite(min(ratios)) if ratios else None,
-                      "max_ratio": finite(max(ratios)) if ratios else None})
+             summary={k: (finite(v) if isinstance(v, float) else v) for k, v in summary.items()})
         return
     t = Table("key", f"A µs ({a.name})", f"B µs ({b.name})", "B/A")
     for r in rows:
         t.add_row(r.key, f"{r.a_us:.1f}", f"{r.b_us:.1f}", f"{r.ratio:.2f}")
     console.print(t)
     if d.rows:
-        import statistics
-
-        ratios = [r.ratio for r in d.rows]
-        faster_b = sum(1 for x in ratios if x < 1)
-        console.print(f"{len(d.rows)} common ops: B faster on {faster_b}, A faster on {len(ratios) - faster_b}; "
-                      f"median B/A {statistics.median(ratios):.2f} (range {min(ratios):.2f}..{max(ratios):.2f})")
+        console.print(f"{summary['common']} common ops: B faster on {summary['b_faster']}, A faster on "
+                      f"{summary['a_faster']}; median B/A {summary['median_ratio']:.2f} "
+                      f"(range {summary['min_ratio']:.2f}..{summary['max_ratio']:.2f})")
     if d.only_a or d.only_b:
         console.print(f"only in A: {len(d.only_a)} ops, only in B: {len(d.only_b)} ops")
 

@@ -42,6 +42,7 @@ def verify(
     calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate", help="fit a calibration and store it in the LUT header "
                                    "(--no-calibrate: report the LUT's stored calibration, if any, on all archs)"),
     store: bool = typer.Option(True, "--store/--no-store", help="with --calibrate: write the calibration into the LUT"),
+    published: bool = typer.Option(True, "--published/--no-published", help="add FBNet-A/B/C (fbnet space) as held-out networks"),
     min_runs: Optional[int] = typer.Option(None, "--min-runs", min=1, help="timed samples per measurement (default: the LUT's loop)"),
     min_time: Optional[float] = typer.Option(None, "--min-time", min=0.0, help="seconds of samples per measurement (default: the LUT's loop)"),
     workers: int = typer.Option(2, "--workers", min=1, help="parallel export processes"),
@@ -67,81 +68,30 @@ def verify(
 
     With --breakdown ARCH: measure every prefix of ARCH (stem .. layer k) interleaved and set each layer's
     in-context cost (the difference of consecutive prefixes) beside its isolated LUT row."""
-    from dataclasses import replace
-
-    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
     from fbprof.errors import InputError
     from fbprof.fileio import atomic_write_text
-    from fbprof.lut.table import read_lut
-    from fbprof.backends.cache import ArtifactCache
-    from fbprof.verify import VerifyRequest, given_archs, run_verify, write_report
-    from fbprof.space import load_space
+    from fbprof.verify import VerifyConfig, open_verify, run_verify, write_report
 
-    if (resolution is not None or width is not None) and space is None:
-        raise InputError("--resolution/--width need --space")
     if samples is None:
         samples = 0 if arch else 100
-    opts: dict = parse_options(option)
-    sp = load_space(space, resolution, width) if space else None
-    loop = None
-    if min_runs is not None or min_time is not None:
-        base = read_lut(lut).loop_config()
-        try:
-            loop = replace(base, min_runs=min_runs or base.min_runs,
-                           min_time_s=base.min_time_s if min_time is None else min_time,
-                           max_runs=max(base.max_runs, min_runs or 0))
-        except ValueError as e:
-            raise InputError(f"measuring options: {e}") from None
-    prof, address = resolve_device(device, None, load_profiles(profiles))
-    # the canonical command that reproduces this report (recorded in summary.json and COMMAND.txt)
-    args = ["fbprof", "verify", "--lut", str(lut), "--device", device]
-    if backend:
-        args += ["--backend", backend]
-    if space:
-        args += ["--space", space] + (["--resolution", str(resolution)] if resolution else []) + (
-            ["--width", f"{width:g}"] if width else [])
-    args += [a for x in arch for a in ("--arch", x)]
-    args += ["--samples", str(samples), "--seed", str(seed), "--rounds", str(rounds), "--noise-repeats", str(noise_repeats),
-             "--calib-fraction", f"{calib_fraction:g}", "--calibrate" if calibrate else "--no-calibrate"]
-    if calibrate:
-        args.append("--store" if store else "--no-store")
-    if min_runs is not None:
-        args += ["--min-runs", str(min_runs)]
-    if min_time is not None:
-        args += ["--min-time", f"{min_time:g}"]
-    args += ["--out", str(out)]
+    config = VerifyConfig(lut=lut, device=device, backend=backend, space=space, resolution=resolution, width=width,
+                          samples=samples, seed=seed, rounds=rounds, paired=paired, noise_repeats=noise_repeats,
+                          calib_fraction=calib_fraction, calibrate=calibrate, store=store, published=published,
+                          archs=list(arch), min_runs=min_runs, min_time_s=min_time, export_workers=workers,
+                          cache_dir=cache_dir, report_dir=out, profiles=list(profiles), options=parse_options(option))
     if breakdown or breakdown_worst:
         if arch:
             raise InputError("--arch and --breakdown are separate modes: give the network to break down with --breakdown")
-        args = args[: args.index("--samples")] + [a for x in breakdown for a in ("--breakdown", x)]
-        if breakdown_worst:
-            args += ["--breakdown-worst", str(breakdown_worst)]
-        args += ["--seed", str(seed)] + (["--paired", str(paired)] if paired else ["--rounds", str(rounds)])
-        if min_runs is not None:
-            args += ["--min-runs", str(min_runs)]
-        if min_time is not None:
-            args += ["--min-time", f"{min_time:g}"]
-        args += ["--out", str(out)]
-        _breakdown(lut, prof, address, opts, sp, breakdown, breakdown_worst, rounds, seed, loop, cache_dir, workers, out,
-                   shlex.join(args), quiet or json_out, paired, backend, json_out)
+        _breakdown(config, breakdown, breakdown_worst, quiet or json_out, json_out)
         return
-    if paired:
-        args.insert(args.index("--noise-repeats"), "--paired")
-        args.insert(args.index("--noise-repeats"), str(paired))
-    cmd = shlex.join(args)
     level = verbosity(quiet, verbose)
     listener = VerifyProgress(level < 0)
-    given = given_archs(arch, sp or read_lut(lut).space()) if arch else []
-    with open_device(prof, address, opts) as dev:
-        req = VerifyRequest(lut_path=lut, device=dev, backend=backend, space=sp, archs=given, samples=samples, seed=seed,
-                            rounds=rounds, paired=paired,
-                            loop=loop, calibrate=calibrate, store=store, calib_fraction=calib_fraction,
-                            noise_repeats=noise_repeats, cache=ArtifactCache(cache_dir), export_workers=workers,
-                            command=cmd)
+    with open_verify(config) as req:
         try:
             result = run_verify(req, listener, export_only=export_only)
         finally:
             listener.stop()
+    cmd, given = req.command, req.archs
     if result is None:
         if json_out:
             from fbprof.cli.jsonout import emit
@@ -188,23 +138,41 @@ def verify(
         raise typer.Exit(1)
 
 
-def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, cache_dir, workers, out, cmd, quiet,
-               paired: int = 0, backend: str | None = None, json_out: bool = False) -> None:
+def _breakdown(config, names, worst, quiet: bool, json_out: bool) -> None:
+    from dataclasses import replace
+
     from rich.table import Table
 
     from fbprof.backends.cache import ArtifactCache
-    from fbprof.devices.profiles import open_device
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.errors import InputError
     from fbprof.fileio import atomic_write_text
     from fbprof.lut.table import read_lut
-    from fbprof.errors import InputError
     from fbprof.space import ChannelSpace
-    from fbprof.verify import given_archs
+    from fbprof.verify import config_loop, config_space, given_archs, verify_command
     from fbprof.verify.breakdown import BreakdownRequest, run_breakdown, worst_from_report, write_breakdown
 
+    lut, out, seed, rounds, paired = config.lut, config.report_dir, config.seed, config.rounds, config.paired
+    # the canonical command: verify's options up to --samples, then the breakdown's own
+    args = shlex.split(verify_command(replace(config, samples=0, archs=[], min_runs=None, min_time_s=None,
+                                              report_dir=None)))
+    args = args[: args.index("--samples")] + [a for x in names for a in ("--breakdown", str(x))]
+    if worst:
+        args += ["--breakdown-worst", str(worst)]
+    args += ["--seed", str(seed)] + (["--paired", str(paired)] if paired else ["--rounds", str(rounds)])
+    if config.min_runs is not None:
+        args += ["--min-runs", str(config.min_runs)]
+    if config.min_time_s is not None:
+        args += ["--min-time", f"{config.min_time_s:g}"]
+    args += ["--out", str(out)]
+    cmd = shlex.join(args)
     table = read_lut(lut)
-    if backend is not None and backend != table.backend():
-        raise InputError(f"--breakdown measures with the LUT's backend ({table.backend()}), not --backend {backend}",
+    if config.backend is not None and table.backend() and config.backend != table.backend():
+        raise InputError(f"--breakdown measures with the LUT's backend ({table.backend()}), not --backend {config.backend}",
                          hint="leave --backend out, or break down against a LUT of that backend")
+    sp, loop = config_space(config), config_loop(config)
+    prof, address = resolve_device(config.device, None, load_profiles(config.profiles))
+    opts = dict(config.options)
     space = sp or table.space()
     archs = given_archs(names, space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
     if worst and isinstance(space, ChannelSpace):
@@ -215,8 +183,8 @@ def _breakdown(lut, prof, address, opts, sp, names, worst, rounds, seed, loop, c
     listener = VerifyProgress(quiet)
     listener.progress.start()
     with open_device(prof, address, opts) as dev:
-        req = BreakdownRequest(lut, dev, archs, rounds=rounds, seed=seed, loop=loop, cache=ArtifactCache(cache_dir),
-                               export_workers=workers, paired=paired)
+        req = BreakdownRequest(Path(lut), dev, archs, rounds=rounds, seed=seed, loop=loop,
+                               cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, paired=paired)
         try:
             result = run_breakdown(req, listener)
         finally:

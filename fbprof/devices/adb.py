@@ -377,14 +377,19 @@ class AdbDevice(Device):
         paths = [p for p in paths if p not in self.created_files]
         ask = [p for p in paths if p.rsplit("/", 1)[0] not in self.created_dirs]
         existing: set[str] = set()
-        if ask:  # by index, so that no file name has to survive the round trip through the shell's output
-            script = ("i=0; for f in " + " ".join(_q(p) for p in ask) +
+        chunks: list[list[str]] = []  # shell commands under ~3000 characters, as cleanup_commands keeps them
+        for path in ask:
+            if not chunks or sum(len(_q(x)) + 1 for x in chunks[-1]) + len(_q(path)) > 2800:
+                chunks.append([])
+            chunks[-1].append(path)
+        for chunk in chunks:  # by index, so that no file name has to survive the round trip through the shell
+            script = ("i=0; for f in " + " ".join(_q(p) for p in chunk) +
                       '; do if [ -e "$f" ] || [ -L "$f" ]; then echo "FBPROF_EXISTS $i"; fi; i=$((i+1)); done; true')
             out, _ = self.link.shell(script, "checking which files are already on the device")
             for line in out.splitlines():
                 tag, _, idx = line.strip().partition(" ")
-                if tag == "FBPROF_EXISTS" and idx.isdigit() and int(idx) < len(ask):
-                    existing.add(ask[int(idx)])
+                if tag == "FBPROF_EXISTS" and idx.isdigit() and int(idx) < len(chunk):
+                    existing.add(chunk[int(idx)])
         self.created_files += [p for p in paths if p not in existing]
 
     def cleanup_commands(self, limit: int = 3000) -> list[str]:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 from fbprof.lut.table import Lut
 from fbprof.space import Arch, Space
 
-__all__ = ["LayerCost", "Prediction", "predict", "require_space", "LutDiffRow", "LutDiff", "diff_luts"]
+__all__ = ["LayerCost", "Prediction", "predict", "rows_not_ok", "require_space", "LutDiffRow", "LutDiff", "diff_luts"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,21 @@ def predict(arch: Arch, lut: Lut) -> Prediction:
     return pred
 
 
+def rows_not_ok(results: Iterable[tuple[Any, Prediction]], lut: Lut) -> list[dict[str, Any]]:
+    """The LUT rows that are not ``ok`` among those the predictions ``(arch, prediction)`` used, each once
+    (sorted by key) with its status, note and the architectures that use it. An interpolated layer of a grid
+    LUT has no row of its own and is not listed."""
+    found: dict[str, dict[str, Any]] = {}
+    for arch, p in results:
+        for c in p.layers:
+            row = lut.rows.get(c.key)
+            if c.status not in ("ok", "identity") and row is not None:
+                entry = found.setdefault(c.key, {"key": c.key, "status": row.status, "note": row.note, "archs": []})
+                if arch.name not in entry["archs"]:
+                    entry["archs"].append(arch.name)
+    return [found[k] for k in sorted(found)]
+
+
 def require_space(lut: Lut, space: Space) -> None:
     """Error listing every key ``space`` needs that ``lut`` lacks."""
     lut.require(space.all_specs(), f"space {space.name} at resolution {space.resolution}, width {space.width:g}")
@@ -97,6 +113,17 @@ class LutDiff:
     rows: list[LutDiffRow]  # sorted by ratio b/a, ascending
     only_a: list[str]
     only_b: list[str]
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Over the common ops: how many each LUT is faster at, and the median, smallest and largest ratio B/A
+        (None without common ops)."""
+        import statistics
+
+        ratios = [r.ratio for r in self.rows]
+        faster_b = sum(1 for x in ratios if x < 1)
+        return {"common": len(ratios), "b_faster": faster_b, "a_faster": len(ratios) - faster_b,
+                "median_ratio": statistics.median(ratios) if ratios else None,
+                "min_ratio": min(ratios) if ratios else None, "max_ratio": max(ratios) if ratios else None}
 
 
 def diff_luts(a: Lut, b: Lut) -> LutDiff:

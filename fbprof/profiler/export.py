@@ -141,15 +141,19 @@ class ArchExport:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_place(out: Path) -> None:
+    if out.is_dir() and not (out / "Manifest.json").is_file():
+        raise InputError(f"{out} is a folder that is not a model package; fbprof does not replace it",
+                         hint="give a new path, e.g. model.mlpackage")
+
+
 def _place(src: Path, out: Path) -> None:
     """Move a file or folder to ``out`` atomically. A file there is replaced; a folder only when it is a model
     package like the one placed (an ``.mlpackage`` with its ``Manifest.json``), never a folder of the user's."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if src.is_dir():
         old = None
-        if out.is_dir() and not (out / "Manifest.json").is_file():
-            raise InputError(f"{out} is a folder that is not a model package; fbprof does not replace it",
-                             hint="give a new path, e.g. model.mlpackage")
+        _check_place(out)
         if out.exists() or out.is_symlink():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -185,6 +189,7 @@ def export_arch_file(
     out = Path(out) if out is not None else Path(f"{arch.name}{be.suffix}")
     if out.suffix != be.suffix:
         raise InputError(f"{out}: a {fmt} model file should end in {be.suffix}")
+    _check_place(out)  # before the export, not after it
     sp = arch.space
     shape = (1, sp.in_channels, sp.resolution, sp.resolution)
     net = build_arch(arch)

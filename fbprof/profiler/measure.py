@@ -4,7 +4,8 @@
 :class:`Listener` (progress bars live in the CLI, not here). Rows go to a journal
 (``<out>.partial``) one at a time, flushed and fsynced; the LUT itself is rewritten atomically,
 sorted, when the run ends, is interrupted or fails, so at most the rows in flight are lost (the one being
-measured and, on a device that defers retries, noisy ones waiting to be measured again).
+measured and, on a device that defers retries, noisy ones waiting to be measured again). A new LUT that got
+no row because the run failed is not written at all (no header-only file is left behind).
 """
 
 from __future__ import annotations
@@ -92,17 +93,18 @@ class MeasureConfig:
     resolution: int | None = None
     width: float | None = None
     keys: list[str] | None = None  # measure only these op keys of the space (default: every op)
-    heldout: int = 0  # channel spaces: N random off-grid ops instead of the grid (for `lut interp-check`)
     threads: int | None = None  # default: the profile's
     loop: LoopConfig = field(default_factory=LoopConfig)
     remeasure: bool = False
     paired: int = 0  # > 0, local device: rows by sample-level pairing, this many iterations
     export_workers: int = 1
-    onnx_exporter: str = "dynamo"
     cache_dir: str | Path | None = None  # default: $FBPROF_CACHE_DIR/artifacts or ~/.cache/fbprof/artifacts
     profile: str | None = None  # profile of an adb:/ios: address
-    profiles: list[str | Path] = field(default_factory=list)  # extra device profile files or folders
     options: dict[str, Any] = field(default_factory=dict)  # device settings (the CLI's --option KEY=VALUE, --runner, ...)
+    # (fields added later go last, so positional calls keep working)
+    heldout: int = 0  # channel spaces: N random off-grid ops instead of the grid (for `lut interp-check`)
+    onnx_exporter: str = "dynamo"  # or "legacy" (TorchScript-based; an option only)
+    profiles: list[str | Path] = field(default_factory=list)  # extra device profile files or folders
 
 
 #: device settings that are also options of ``fbprof measure`` of their own (recorded as such in the command)
@@ -137,7 +139,7 @@ def open_measure(config: MeasureConfig, on_note: Callable[[str], None] | None = 
                              f"at {sp.resolution}, width {sp.width:g}")
         specs = [have[k] for k in config.keys]
     threads = config.threads or prof.threads
-    with open_device(prof, address, {k: str(v) for k, v in config.options.items()}) as dev:
+    with open_device(prof, address, dict(config.options)) as dev:
         backend = config.backend or prof.backend
         if config.backend is None and dev.supported_backends and backend not in dev.supported_backends:
             # the device cannot run its profile's backend (a companion on Linux runs ONNX, not Core ML)
@@ -181,7 +183,7 @@ def _command(config: MeasureConfig, sp: Any, channels: bool, backend: str, threa
         elif k == "token" or is_secret(k):  # a secret's value is never written (LUT header, lock file)
             cmd += ["--option", f"{k}=<secret>"]
         else:
-            cmd += ["--option", f"{k}={v}"]
+            cmd += ["--option", f"{k}={shlex.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"]
     return shlex.join(cmd)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -140,7 +141,7 @@ class SearchConfig:
             v = getattr(self, name)
             if v is None:
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
                 raise InputError(f"{flag} {v!r}: expected a finite number {'>= 0' if zero_ok else '> 0'}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InputError("max steps must be >= 1")

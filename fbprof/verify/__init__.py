@@ -33,13 +33,15 @@ from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of,
 from fbprof.lut.predict import predict
 from fbprof.profiler.export import export_archs
 from fbprof.verify.measure import measure_interleaved, measure_paired_blocks, round_order
-from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyListener, VerifyPlan, VerifyRequest,
-                                given_archs, is_grid, plan_verify, published_archs, sample_archs)
+from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyConfig, VerifyListener, VerifyPlan, VerifyRequest,
+                                config_loop, config_space, given_archs, is_grid, open_verify, plan_verify, published_archs,
+                                sample_archs, verify_command)
 from fbprof.verify.report import CSV_COLUMNS, REPORT_FILES, format_csv, plot_png, write_report
 from fbprof.verify.stats import (GOALS, SUMMARY_SCHEMA, NetworkMeasurement, NoiseFloor, VerifyResult, accuracy,
                                  rank_stats, summarize)
 
 __all__ = [
+    "VerifyConfig", "open_verify", "verify_command", "config_loop", "config_space",
     "VerifyListener", "VerifyRequest", "VerifyPlan", "NetworkMeasurement", "VerifyResult", "NoiseFloor",
     "sample_archs", "published_archs", "given_archs", "plan_verify", "export_archs", "measure_interleaved", "round_order", "run_verify",
     "accuracy", "rank_stats", "write_report", "format_csv", "plot_png", "CSV_COLUMNS", "SUMMARY_SCHEMA", "REPORT_FILES",

@@ -6,8 +6,11 @@ what its grid covers (:func:`sample_channel_archs`) and no calibration is fitted
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+import shlex
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Iterator
 
 from fbprof.backends import get_backend
 from fbprof.backends.cache import ArtifactCache
@@ -74,6 +77,107 @@ class VerifyRequest:
             raise InputError(f"--paired {self.paired} must be at least --rounds {self.rounds} (iterations are cut into rounds)")
         if not 0.0 < self.calib_fraction < 1.0:
             raise InputError(f"calibration fraction must be between 0 and 1, got {self.calib_fraction}")
+
+
+@dataclass
+class VerifyConfig:
+    """What a verify run measures, and how: the options of ``fbprof verify`` (and of :func:`fbprof.run_verify`),
+    turned into a :class:`VerifyRequest` by :func:`open_verify`, the one place that resolves the device, the
+    space, the given networks, the measuring loop and the recorded command."""
+
+    lut: str | Path
+    device: str = "local"
+    backend: str | None = None
+    space: str | Path | None = None  # default: the LUT header's single space
+    resolution: int | None = None  # with space
+    width: float | None = None  # with space
+    samples: int = 100
+    seed: int = 0
+    rounds: int = 3
+    paired: int = 0  # > 0, local device: sample-level pairing, this many iterations cut into `rounds` rounds
+    noise_repeats: int = 6
+    calib_fraction: float = 0.3
+    calibrate: bool = True
+    store: bool = True  # write a fitted calibration into the LUT header
+    published: bool = True  # add FBNet-A/B/C for the fbnet space
+    archs: list[str] = field(default_factory=list)  # also these networks, by name or arch file (held out)
+    loop: LoopConfig | None = None  # default: the LUT's
+    export_workers: int = 1
+    cache_dir: str | Path | None = None
+    report_dir: str | Path | None = None  # where the report goes (recorded in the command; written by the caller)
+    options: dict[str, Any] = field(default_factory=dict)  # device settings (the CLI's --option KEY=VALUE)
+    # (fields added later go last, so positional calls keep working)
+    min_runs: int | None = None  # on top of `loop` (or the LUT's): timed samples per measurement
+    min_time_s: float | None = None  # likewise: seconds of samples per measurement
+    profiles: list[str | Path] = field(default_factory=list)  # extra device profile files or folders
+
+
+@contextmanager
+def open_verify(config: VerifyConfig) -> Iterator[VerifyRequest]:
+    """The device opened and the request built for ``config`` (closed on exit)."""
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+
+    sp, loop = config_space(config), config_loop(config)
+    prof, address = resolve_device(config.device, None, load_profiles(config.profiles))
+    given = given_archs(list(config.archs), sp or read_lut(config.lut).space()) if config.archs else []
+    with open_device(prof, address, dict(config.options)) as dev:
+        yield VerifyRequest(lut_path=Path(config.lut), device=dev, backend=config.backend, space=sp, archs=given,
+                            samples=config.samples, seed=config.seed, rounds=config.rounds, paired=config.paired,
+                            loop=loop, calibrate=config.calibrate, store=config.store,
+                            calib_fraction=config.calib_fraction, noise_repeats=config.noise_repeats,
+                            published=config.published, cache=ArtifactCache(config.cache_dir),
+                            export_workers=config.export_workers, command=verify_command(config))
+
+
+def config_space(config: VerifyConfig) -> Space | ChannelSpace | None:
+    """The space ``config`` names (None: the LUT header's, decided by the plan)."""
+    from fbprof.space import load_space
+
+    if (config.resolution is not None or config.width is not None) and config.space is None:
+        raise InputError("--resolution/--width need --space")
+    return load_space(config.space, config.resolution, config.width) if config.space is not None else None
+
+
+def config_loop(config: VerifyConfig) -> LoopConfig | None:
+    """``config.loop`` (None: the LUT's) with ``min_runs`` / ``min_time_s`` applied on top."""
+    loop = config.loop
+    if config.min_runs is None and config.min_time_s is None:
+        return loop
+    base = loop or read_lut(config.lut).loop_config()
+    try:
+        return replace(base, min_runs=config.min_runs or base.min_runs,
+                       min_time_s=base.min_time_s if config.min_time_s is None else config.min_time_s,
+                       max_runs=max(base.max_runs, config.min_runs or 0))
+    except ValueError as e:
+        raise InputError(f"measuring options: {e}") from None
+
+
+def verify_command(config: VerifyConfig) -> str:
+    """The canonical ``fbprof verify`` command that reproduces a report (summary.json, COMMAND.txt)."""
+    c = config
+    args = ["fbprof", "verify", "--lut", str(c.lut), "--device", c.device]
+    if c.backend:
+        args += ["--backend", c.backend]
+    if c.space:
+        args += ["--space", str(c.space)] + (["--resolution", str(c.resolution)] if c.resolution else []) + (
+            ["--width", f"{c.width:g}"] if c.width else [])
+    args += [a for x in c.archs for a in ("--arch", str(x))]
+    args += ["--samples", str(c.samples), "--seed", str(c.seed), "--rounds", str(c.rounds)]
+    if c.paired:
+        args += ["--paired", str(c.paired)]
+    args += ["--noise-repeats", str(c.noise_repeats), "--calib-fraction", f"{c.calib_fraction:g}",
+             "--calibrate" if c.calibrate else "--no-calibrate"]
+    if c.calibrate:
+        args.append("--store" if c.store else "--no-store")
+    if not c.published:
+        args.append("--no-published")
+    if c.min_runs is not None:
+        args += ["--min-runs", str(c.min_runs)]
+    if c.min_time_s is not None:
+        args += ["--min-time", f"{c.min_time_s:g}"]
+    if c.report_dir is not None:
+        args += ["--out", str(c.report_dir)]
+    return shlex.join(args)
 
 
 @dataclass
