@@ -15,7 +15,9 @@ a test.
 
 Goal (per runtime): its own network is the fastest of the three measured there, at equal or better accuracy
 (within the largest seed-to-seed difference seen). Writes ``OUT/summary.json`` (``table_ms[searched_for][measured_on]``,
-``acc``), ``OUT/cross_device.png``, ``OUT/COMMAND.txt``, the searches and the verify reports.
+``acc``), ``OUT/cross_device.png``, ``OUT/COMMAND.txt``, the searches and the verify reports, and the finished
+trainings (``OUT/trained.jsonl``, or ``--trained-journal``: the quality benchmark's, whose first target is this run's
+ONNX Runtime search, shares them), so an interrupted run started again trains nothing twice.
 
     nice -n 5 .venv/bin/python benchmarks/cross_device.py --out results/search/cross-device
 """
@@ -74,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved verify rounds per runtime")
     ap.add_argument("--noise-repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--trained-journal", default=None,
+                    help="finished trainings, read and appended (default OUT/trained.jsonl); the quality benchmark's "
+                         "OUT/trained.jsonl shares the trainings both runs make (same budget, same networks, same seeds)")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error("--seeds must be >= 1")
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from search_evidence import _space_range
+    from search_evidence import TrainedJournal, _space_range
     from search_quality import training_data
 
     from fbprof.lut.predict import predict
@@ -157,14 +162,25 @@ def main(argv: list[str] | None = None) -> int:
     space0 = resolve_lut_space(read_lut(luts[names[0]]), None, None, None)
     data = training_data(args.data, space0.in_channels, args.train_per_class, args.test_images)
     plan = proxy_space(space0, 32, data.num_classes, SearchConfig.min_feature)  # the final map the search trains
+    # finished trainings survive an interrupted run; keyed like the quality benchmark's, so the two can share one
+    journal = TrainedJournal(Path(args.trained_journal) if args.trained_journal else out / "trained.jsonl", {
+        "train_per_class": args.train_per_class, "train_epochs": args.train_epochs, "test_images": len(data.y_test),
+        "data": str(args.data), "space": plan.space.name, "resolution": 32, "min_feature": SearchConfig.min_feature})
     acc: dict[str, list[float]] = {}
+    head = space0.head_channels[0]
     for s in names:
         acc[s] = []
         for k in range(args.seeds):
-            r = train_child(plan.space, searched[s]["blocks"], space0.head_channels[0], data, args.train_epochs,
-                            seed=args.seed + k)
-            log(f"  trained for-{s} seed {args.seed + k}: acc {r.accuracy:.4f} ({r.seconds:.0f} s)")
-            acc[s].append(r.accuracy)
+            blocks, seed = searched[s]["blocks"], args.seed + k
+            done = journal.get(blocks, head, seed)
+            if done is None:
+                r = train_child(plan.space, blocks, head, data, args.train_epochs, seed=seed)
+                log(f"  trained for-{s} seed {seed}: acc {r.accuracy:.4f} ({r.seconds:.0f} s)")
+                done = {"acc": r.accuracy, "seconds": r.seconds}
+                journal.put(blocks, head, seed, done)
+            else:
+                log(f"  trained for-{s} seed {seed}: acc {done['acc']:.4f} (from {journal.path})")
+            acc[s].append(done["acc"])
     seed_spread = max((max(a) - min(a) for a in acc.values() if len(a) > 1), default=None)
 
     # 4. how differently the LUTs rank the ops
