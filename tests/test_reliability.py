@@ -557,11 +557,14 @@ def test_item2_adb_cleanup_removes_only_what_it_created(tmp_path, existing):
             # a batch whose existence check is longer than one shell command holds: checked in several
             many = [Artifact(f"k5_e6:{'9' * 60}x{i}:8:s1", "onnx", model, np.zeros(1, np.float32),
                              np.zeros(1, np.float32)) for i in range(30)]
+            late = remote / "models" / f"k5_e6:{'9' * 60}x28:8:s1.onnx"  # checked in a later shell command
+            if existing:
+                late.write_text("the user's")
             dev._push_batch(many)
             assert len(list((remote / "models").glob("k5_e6:*"))) == 60  # model and input of each
     if existing:
         left = sorted(str(p.relative_to(remote)) for p in remote.rglob("*"))
-        assert left == ["fbprof_loop.py", "models", "models/k3_e1:8x4x4:8:s1.onnx", "models/mine.txt", "notes.txt",
-                        "out", "out/mine.txt"]
+        assert left == ["fbprof_loop.py", "models", "models/k3_e1:8x4x4:8:s1.onnx", f"models/k5_e6:{'9' * 60}x28:8:s1.onnx",
+                        "models/mine.txt", "notes.txt", "out", "out/mine.txt"]
     else:
         assert not remote.exists() and (root / "data" / "local").is_dir()  # its parents (made by mkdir -p) are not its to remove

@@ -323,3 +323,16 @@ def test_plan_reads_space_loop_and_splits_from_the_lut(tmp_path):
         lut.space()
     with pytest.raises(InputError, match="between 0 and 1"):
         VerifyRequest(tmp_path / "l.csv", NoDevice(), calib_fraction=1.5)
+
+
+def test_the_recorded_verify_command_says_what_an_api_call_measured():
+    from fbprof.loop import LoopConfig
+    from fbprof.verify import VerifyConfig, verify_command
+
+    cmd = verify_command(VerifyConfig(lut="x.csv", loop=LoopConfig(min_runs=7, min_time_s=0.1), profiles=["p.yaml"],
+                                      options={"token": "s3cr3t", "pin": "false"}, report_dir="rep"))
+    assert "--min-runs 7 --min-time 0.1 --out rep --profiles p.yaml" in cmd
+    assert "--option pin=false" in cmd and "--option 'token=<secret>'" in cmd and "s3cr3t" not in cmd
+    cli = verify_command(VerifyConfig(lut="x.csv", min_runs=5, paired=9, rounds=3))
+    assert cli.startswith("fbprof verify --lut x.csv --device local --samples 100 --seed 0 --rounds 3 --paired 9 ")
+    assert cli.endswith("--min-runs 5")

@@ -269,19 +269,26 @@ class _PoolLease:
     several open): the first session to open records the pool's size, the last one to close gives it back."""
 
     def __init__(self) -> None:
+        import threading
+
         self.open = 0
         self.before = -1
+        self._lock = threading.Lock()
 
     def take(self, threads: int) -> int:
-        if self.open == 0:
-            self.before = xnnpack_threads()
-        self.open += 1
-        return xnnpack_threads(threads)
+        """Set the pool to ``threads`` for one more open session; counted only once it is set."""
+        with self._lock:
+            before = xnnpack_threads() if self.open == 0 else self.before
+            now = xnnpack_threads(threads)
+            self.before = before
+            self.open += 1
+            return now
 
     def give_back(self) -> None:
-        self.open = max(0, self.open - 1)
-        if self.open == 0 and self.before > 0:
-            xnnpack_threads(self.before)
+        with self._lock:
+            self.open = max(0, self.open - 1)
+            if self.open == 0 and self.before > 0:
+                xnnpack_threads(self.before)
 
 
 _POOL = _PoolLease()  # process-wide, like the pool it tracks
@@ -296,10 +303,11 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime, Verification
 
         self.torch = torch
-        self.threads = _POOL.take(threads)  # given back on close (or a failed open)
+        self.method = None
         self._torch_threads_before = torch.get_num_threads()
-        torch.set_num_threads(int(threads))
+        self.threads = _POOL.take(threads)  # given back on close (or a failed open)
         try:
+            torch.set_num_threads(int(threads))
             program = Runtime.get().load_program(Path(model_path), verification=Verification.Minimal)
             method = program.load_method("forward")
             if method is None:

@@ -21,7 +21,8 @@ from fbprof.lut.predict import predict, require_space
 from fbprof.lut.table import Lut, read_lut
 from fbprof.space import Arch, ChannelArch, ChannelSpace, Space, load_arch
 
-__all__ = ["VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "sample_channel_archs", "published_archs", "given_archs",
+__all__ = ["VerifyConfig", "open_verify", "verify_command", "config_space", "config_loop",
+           "VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "sample_channel_archs", "published_archs", "given_archs",
            "plan_verify", "is_grid", "PUBLISHED", "CALIBRATION", "HELD_OUT"]
 
 PUBLISHED = ("fbnet-a", "fbnet-b", "fbnet-c")
@@ -154,6 +155,8 @@ def config_loop(config: VerifyConfig) -> LoopConfig | None:
 
 def verify_command(config: VerifyConfig) -> str:
     """The canonical ``fbprof verify`` command that reproduces a report (summary.json, COMMAND.txt)."""
+    from fbprof.devices.profiles import is_secret_option
+
     c = config
     args = ["fbprof", "verify", "--lut", str(c.lut), "--device", c.device]
     if c.backend:
@@ -171,12 +174,19 @@ def verify_command(config: VerifyConfig) -> str:
         args.append("--store" if c.store else "--no-store")
     if not c.published:
         args.append("--no-published")
-    if c.min_runs is not None:
-        args += ["--min-runs", str(c.min_runs)]
-    if c.min_time_s is not None:
-        args += ["--min-time", f"{c.min_time_s:g}"]
+    if c.loop is not None:  # an API caller's whole loop: its counts, as far as the CLI's flags can say them
+        loop = config_loop(c)
+        args += ["--min-runs", str(loop.min_runs), "--min-time", f"{loop.min_time_s:g}"]
+    else:
+        if c.min_runs is not None:
+            args += ["--min-runs", str(c.min_runs)]
+        if c.min_time_s is not None:
+            args += ["--min-time", f"{c.min_time_s:g}"]
     if c.report_dir is not None:
         args += ["--out", str(c.report_dir)]
+    args += [a for x in c.profiles for a in ("--profiles", str(x))]
+    for k, v in c.options.items():  # a secret's value is never written
+        args += ["--option", f"{k}=<secret>" if is_secret_option(k) else f"{k}={v}"]
     return shlex.join(args)
 
 
