@@ -34,7 +34,7 @@ from fbprof.errors import InputError
 from fbprof.lut.calibration import LinearCalibration
 from fbprof.lut.table import Lut
 from fbprof.build import ChannelShuffle, InvertedResidual, build_op
-from fbprof.space import Space, decode_space
+from fbprof.space import ChannelArch, Space, decode_space
 
 __all__ = [
     "ProxyPlan", "proxy_space", "adapt_strides", "trainable", "latency_table",
@@ -317,6 +317,11 @@ def build_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels
     mods += [trainable(build_op(layer.spec(b))) for layer, b in zip(proxy.layers, blocks)]
     mods += [trainable(build_op(s)) for _, s in proxy.tail_specs(head_channels)]
     return ChildNet(*mods)
+
+
+def build_arch_child(arch: ChannelArch) -> ChildNet:
+    """An architecture of a channel space (every op of :meth:`ChannelArch.ops`) as a trainable network."""
+    return ChildNet(*[trainable(build_op(spec)) for _, spec in arch.ops()])
 
 
 def count_params(module: nn.Module) -> int:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from fbprof.search.data import Dataset
-from fbprof.search.supernet import MEMORY_FORMAT, build_child, to_device
-from fbprof.space import Space
+from fbprof.search.supernet import MEMORY_FORMAT, build_arch_child, build_child, to_device
+from fbprof.space import ChannelArch, Space
 
-__all__ = ["TrainResult", "train_child", "accuracy", "batches", "lr_at"]
+__all__ = ["TrainResult", "train_child", "train_arch", "train_net", "accuracy", "batches", "lr_at"]
 
 
 @dataclass
@@ -53,12 +54,23 @@ def lr_at(base: float, step: int, total: int, warmup: int) -> float:
 
 
 def train_child(proxy: Space, blocks: list[str] | tuple[str, ...], head_channels: int, data: Dataset, epochs: int,
-                batch_size: int = 32, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 1e-4,
-                seed: int = 0, device: str = "cpu") -> TrainResult:
+                **kw) -> TrainResult:
+    """An architecture of the FBNet proxy space (its blocks and head width) trained from scratch (:func:`train_net`)."""
+    return train_net(lambda: build_child(proxy, blocks, head_channels), data, epochs, **kw)
+
+
+def train_arch(arch: ChannelArch, data: Dataset, epochs: int, **kw) -> TrainResult:
+    """An architecture of a channel space (FBNetV2: blocks, widths, stem and head widths) at the proxy resolution
+    of its space, trained from scratch (:func:`train_net`)."""
+    return train_net(lambda: build_arch_child(arch), data, epochs, **kw)
+
+
+def train_net(build: Callable[[], nn.Module], data: Dataset, epochs: int, batch_size: int = 32, lr: float = 0.05,
+              momentum: float = 0.9, weight_decay: float = 1e-4, seed: int = 0, device: str = "cpu") -> TrainResult:
     """SGD with momentum (nesterov), one epoch of linear warm-up then a cosine learning rate, for ``epochs`` on the
-    training part; accuracy on the held-out part."""
+    training part; accuracy on the held-out part. ``build`` makes the network after the seed is set."""
     torch.manual_seed(seed)
-    net = build_child(proxy, blocks, head_channels).to(device, memory_format=MEMORY_FORMAT)
+    net = build().to(device, memory_format=MEMORY_FORMAT)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
     gen = torch.Generator().manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
