@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -139,61 +138,19 @@ def verify(
 
 
 def _breakdown(config, names, worst, quiet: bool, json_out: bool) -> None:
-    from dataclasses import replace
-
     from rich.table import Table
 
-    from fbprof.backends.cache import ArtifactCache
-    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
-    from fbprof.errors import InputError
-    from fbprof.fileio import atomic_write_text
-    from fbprof.lut.table import read_lut
-    from fbprof.space import ChannelSpace
-    from fbprof.verify import config_loop, config_space, given_archs, verify_command
-    from fbprof.verify.breakdown import BreakdownRequest, run_breakdown, worst_from_report, write_breakdown
+    from fbprof.verify.breakdown import open_breakdown, run_breakdown, write_breakdown_report
 
-    lut, out, seed, rounds, paired = config.lut, config.report_dir, config.seed, config.rounds, config.paired
-    # the canonical command: verify's options up to --samples, then the breakdown's own
-    args = shlex.split(verify_command(replace(config, samples=0, archs=[], min_runs=None, min_time_s=None,
-                                              report_dir=None)))
-    args = args[: args.index("--samples")] + [a for x in names for a in ("--breakdown", str(x))]
-    if worst:
-        args += ["--breakdown-worst", str(worst)]
-    args += ["--seed", str(seed)] + (["--paired", str(paired)] if paired else ["--rounds", str(rounds)])
-    if config.min_runs is not None:
-        args += ["--min-runs", str(config.min_runs)]
-    if config.min_time_s is not None:
-        args += ["--min-time", f"{config.min_time_s:g}"]
-    args += ["--out", str(out)]
-    cmd = shlex.join(args)
-    table = read_lut(lut)
-    if config.backend is not None and table.backend() and config.backend != table.backend():
-        raise InputError(f"--breakdown measures with the LUT's backend ({table.backend()}), not --backend {config.backend}",
-                         hint="leave --backend out, or break down against a LUT of that backend")
-    sp, loop = config_space(config), config_loop(config)
-    prof, address = resolve_device(config.device, None, load_profiles(config.profiles))
-    opts = dict(config.options)
-    space = sp or table.space()
-    archs = given_archs(names, space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
-    if worst and isinstance(space, ChannelSpace):
-        raise InputError("--breakdown-worst is not supported for channel spaces yet (it rebuilds FBNet-style "
-                         "networks from verify.csv); give the networks with --breakdown")
-    if worst:
-        archs += worst_from_report(Path(out) / "verify.csv", space, worst)
     listener = VerifyProgress(quiet)
-    listener.progress.start()
-    with open_device(prof, address, opts) as dev:
-        req = BreakdownRequest(Path(lut), dev, archs, rounds=rounds, seed=seed, loop=loop,
-                               cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers, paired=paired)
+    with open_breakdown(config, names, worst) as req:
+        listener.progress.start()
         try:
             result = run_breakdown(req, listener)
         finally:
             listener.stop()
-    h = table.header
-    paths = write_breakdown(result, out, title=f"{h.get('device', '?')} / {h.get('backend', '?')}: {lut}",
-                            extra={"command": cmd, "lut": str(lut), "seed": seed,
-                                   **({"paired_iterations": paired} if paired else {"rounds": rounds})})
-    atomic_write_text(Path(out) / "BREAKDOWN_COMMAND.txt", cmd + "\n")
+    cmd, lut = req.command, config.lut
+    paths = write_breakdown_report(result, req, config.report_dir)
     failed = any(b.failed for b in result)
     if json_out:
         from fbprof.cli.jsonout import emit

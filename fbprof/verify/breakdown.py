@@ -22,7 +22,9 @@ from __future__ import annotations
 import csv
 import io
 import statistics
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,11 +40,11 @@ from fbprof.profiler.export import arch_from_ref, arch_key, arch_ref, export_ops
 from fbprof.lut.predict import predict
 from fbprof.space import Arch, ChannelArch
 from fbprof.verify.measure import measure_interleaved, paired_samples
-from fbprof.verify.plan import VerifyListener
+from fbprof.verify.plan import VerifyConfig, VerifyListener, config_loop, config_space, given_archs, verify_command
 from fbprof.verify.report import csv_text, num
 
 __all__ = ["BreakdownRequest", "InContextCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
-           "BREAKDOWN_COLUMNS", "BREAKDOWN_FILES"]
+           "open_breakdown", "breakdown_command", "write_breakdown_report", "BREAKDOWN_COLUMNS", "BREAKDOWN_FILES"]
 
 BREAKDOWN_COLUMNS = ("arch", "index", "layer", "key", "isolated_us", "isolated_now_us", "in_context_us", "ratio",
                      "prefix_us", "prefix_spread_pct")
@@ -65,6 +67,7 @@ class BreakdownRequest:
     export_workers: int = 1
     export_options: dict = field(default_factory=dict)
     check_atol: float = 1e-3
+    command: str = ""  # the canonical `fbprof verify --breakdown` command (written beside the report)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -73,6 +76,55 @@ class BreakdownRequest:
             self.device.check_paired(self.paired, "use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
+
+
+def breakdown_command(config: VerifyConfig, names: Sequence[str], worst: int = 0) -> str:
+    """The canonical ``fbprof verify --breakdown`` command for ``config`` (verify's device, LUT and space options,
+    then the breakdown's networks, seed, rounds or pairing, loop and output folder)."""
+    import shlex
+
+    args = shlex.split(verify_command(replace(config, samples=0, archs=[], min_runs=None, min_time_s=None,
+                                              report_dir=None)))
+    args = args[: args.index("--samples")] + [a for x in names for a in ("--breakdown", str(x))]
+    if worst:
+        args += ["--breakdown-worst", str(worst)]
+    args += ["--seed", str(config.seed)] + (["--paired", str(config.paired)] if config.paired else ["--rounds", str(config.rounds)])
+    if config.min_runs is not None:
+        args += ["--min-runs", str(config.min_runs)]
+    if config.min_time_s is not None:
+        args += ["--min-time", f"{config.min_time_s:g}"]
+    if config.report_dir is not None:
+        args += ["--out", str(config.report_dir)]
+    return shlex.join(args)
+
+
+@contextmanager
+def open_breakdown(config: VerifyConfig, names: Sequence[str], worst: int = 0) -> Iterator[BreakdownRequest]:
+    """The device opened and the breakdown request built for ``config`` (closed on exit): the networks ``names``
+    (names or files) and, with ``worst``, the N held-out random networks the raw LUT sum missed most in
+    ``config.report_dir``/verify.csv (an earlier verify run). Measured with the LUT's backend."""
+    from fbprof.devices.profiles import load_profiles, open_device, resolve_device
+    from fbprof.space import ChannelSpace
+
+    table = read_lut(config.lut)
+    if config.backend is not None and table.backend() and config.backend != table.backend():
+        raise InputError(f"--breakdown measures with the LUT's backend ({table.backend()}), not --backend {config.backend}",
+                         hint="leave --backend out, or break down against a LUT of that backend")
+    sp, loop = config_space(config), config_loop(config)
+    prof, address = resolve_device(config.device, None, load_profiles(config.profiles))
+    space = sp or table.space()
+    archs = given_archs(list(names), space)  # FBNet-style ones rebuilt in the LUT's space; channel ones as given
+    if worst and isinstance(space, ChannelSpace):
+        raise InputError("--breakdown-worst is not supported for channel spaces yet (it rebuilds FBNet-style "
+                         "networks from verify.csv); give the networks with --breakdown")
+    if worst:
+        if config.report_dir is None:
+            raise InputError("--breakdown-worst reads verify.csv in the report folder: give one (--out)")
+        archs += worst_from_report(Path(config.report_dir) / "verify.csv", space, worst)
+    with open_device(prof, address, dict(config.options)) as dev:
+        yield BreakdownRequest(Path(config.lut), dev, archs, rounds=config.rounds, seed=config.seed, loop=loop,
+                               cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,
+                               paired=config.paired, command=breakdown_command(config, names, worst))
 
 
 @dataclass
@@ -292,6 +344,17 @@ def write_breakdown(breakdowns: Sequence[Breakdown], out_dir: str | Path, title:
     atomic_write_text(paths["csv"], format_breakdown_csv(breakdowns))
     atomic_write_text(paths["summary"], json.dumps({**(extra or {}), "archs": breakdown_summary(breakdowns)}, indent=1) + "\n")
     atomic_write_bytes(paths["plot"], plot_breakdown(breakdowns, title))
+    return paths
+
+
+def write_breakdown_report(breakdowns: Sequence[Breakdown], req: BreakdownRequest, out_dir: str | Path) -> dict[str, Path]:
+    """:func:`write_breakdown` with the request's command, LUT, seed and rounds (or pairing) in breakdown.json,
+    the plot titled with the LUT's device and backend, and ``BREAKDOWN_COMMAND.txt``."""
+    h = read_lut(req.lut_path).header
+    paths = write_breakdown(breakdowns, out_dir, title=f"{h.get('device', '?')} / {h.get('backend', '?')}: {req.lut_path}",
+                            extra={"command": req.command, "lut": str(req.lut_path), "seed": req.seed,
+                                   **({"paired_iterations": req.paired} if req.paired else {"rounds": req.rounds})})
+    atomic_write_text(Path(out_dir) / "BREAKDOWN_COMMAND.txt", req.command + "\n")
     return paths
 
 
