@@ -138,6 +138,18 @@ def test_paired_breakdown_needs_a_device_that_pairs_samples(torch_lut, remote_de
         BreakdownRequest(torch_lut, remote_device, [arch], paired=10)
 
 
+def test_two_networks_of_one_name_are_refused_before_measuring(torch_lut, tmp_path):
+    # prefixes, CSV rows and the JSON report are keyed by the network's name: a second one would overwrite the first
+    sp = load_space("tiny")
+    for i, blocks in enumerate((["k3_e1", "k5_e3", "skip", "k3_e3"], ["k3_e3", "k3_e3", "k3_e3", "k3_e3"])):
+        sp.arch(blocks, name="same").dump(tmp_path / f"a{i}.yaml")
+    res = run("verify", "--lut", torch_lut, "--breakdown", tmp_path / "a0.yaml", "--breakdown", tmp_path / "a1.yaml",
+              "--out", tmp_path / "bd", "-q")
+    assert res.exit_code == 2, res.output
+    assert "two networks to break down are named 'same'" in res.output
+    assert not (tmp_path / "bd").exists()
+
+
 def test_worst_networks_come_from_a_verify_report(tmp_path):
     sp = load_space("tiny")
     rep = tmp_path / "verify.csv"

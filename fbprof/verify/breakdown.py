@@ -76,6 +76,12 @@ class BreakdownRequest:
             self.device.check_paired(self.paired, "use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
+        seen: set[str] = set()
+        for a in self.archs:  # prefixes, rows and the report are keyed by the network's name
+            if a.name in seen:
+                raise InputError(f"two networks to break down are named {a.name!r}: give each a distinct name "
+                                 "(the `name:` of its arch file)")
+            seen.add(a.name)
 
 
 def breakdown_command(config: VerifyConfig, names: Sequence[str], worst: int = 0) -> str:
