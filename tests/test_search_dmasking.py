@@ -266,6 +266,8 @@ def test_latency_bounds_enclose_every_architecture_of_the_plan(grid):
     # exact, and not simply the narrowest network: all-skip at widths 24, 24, 24 (two identities) beats 8, 8, 24
     assert lo == pytest.approx(min(lats)) and hi == pytest.approx(max(lats))
     assert lo < hi
+    narrowest = {"res": [0], "stem": [0], "block": [2, 2, 2], "width": [0, 0, 0]}  # 16 px, stem 8, all skip, 8-8-24
+    assert lo < float(model(onehot(narrowest, masks))) - 0.5
 
 
 def test_train_arch_trains_a_channel_architecture_at_the_proxy(grid):

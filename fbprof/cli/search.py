@@ -125,6 +125,8 @@ class SearchProgress(SearchListener):
                 f"(theta: {info.get('theta_gradient', '?')}); "
                 f"{info['epochs']} epochs ({info['warmup_epochs']} weights only) of {info['w_steps_per_epoch']} weight steps"
                 + (f"; target {info['target_us'] / 1000:.3f} ms" if info.get("target_us") else "")
+                + (f" (the LUT's architectures: {info['lut_range_us'][0] / 1000:.3f}..{info['lut_range_us'][1] / 1000:.3f} ms)"
+                   if info.get("target_us") and len(info.get("lut_range_us") or []) == 2 else "")
                 + (f"; latency {info['latency']}" if info.get("latency", "raw LUT sums") != "raw LUT sums" else "")
                 + (f"; {info['world_size']} processes" if info.get("world_size", 1) > 1 else "")
             )

@@ -76,12 +76,7 @@ class BreakdownRequest:
             self.device.check_paired(self.paired, "use --rounds")
         if not self.archs:
             raise InputError("--breakdown needs at least one architecture")
-        seen: set[str] = set()
-        for a in self.archs:  # prefixes, rows and the report are keyed by the network's name
-            if a.name in seen:
-                raise InputError(f"two networks to break down are named {a.name!r}: give each a distinct name "
-                                 "(the `name:` of its arch file)")
-            seen.add(a.name)
+        _distinct_names(self.archs)
 
 
 def breakdown_command(config: VerifyConfig, names: Sequence[str], worst: int = 0) -> str:
@@ -127,10 +122,20 @@ def open_breakdown(config: VerifyConfig, names: Sequence[str], worst: int = 0) -
         if config.report_dir is None:
             raise InputError("--breakdown-worst reads verify.csv in the report folder: give one (--out)")
         archs += worst_from_report(Path(config.report_dir) / "verify.csv", space, worst)
+    _distinct_names(archs)  # before a (remote) device is opened
     with open_device(prof, address, dict(config.options)) as dev:
         yield BreakdownRequest(Path(config.lut), dev, archs, rounds=config.rounds, seed=config.seed, loop=loop,
                                cache=ArtifactCache(config.cache_dir), export_workers=config.export_workers,
                                paired=config.paired, command=breakdown_command(config, names, worst))
+
+
+def _distinct_names(archs) -> None:
+    seen: set[str] = set()
+    for a in archs:  # prefixes, rows and the report are keyed by the network's name
+        if a.name in seen:
+            raise InputError(f"two networks to break down are named {a.name!r}: give each a distinct name "
+                             "(the `name:` of its arch file)")
+        seen.add(a.name)
 
 
 @dataclass
@@ -360,7 +365,8 @@ def write_breakdown_report(breakdowns: Sequence[Breakdown], req: BreakdownReques
     paths = write_breakdown(breakdowns, out_dir, title=f"{h.get('device', '?')} / {h.get('backend', '?')}: {req.lut_path}",
                             extra={"command": req.command, "lut": str(req.lut_path), "seed": req.seed,
                                    **({"paired_iterations": req.paired} if req.paired else {"rounds": req.rounds})})
-    atomic_write_text(Path(out_dir) / "BREAKDOWN_COMMAND.txt", req.command + "\n")
+    if req.command:
+        atomic_write_text(Path(out_dir) / "BREAKDOWN_COMMAND.txt", req.command + "\n")
     return paths
 
 
