@@ -9,7 +9,9 @@ CIFAR-10 at a 32 px proxy (``../shared/data/cifar10`` or ``--data``):
 2. per target, ``fbprof search --space fbnetv2 --lut LUT --target-ms T`` (``--search-*`` for a reduced run);
 3. the two searched networks measured end to end on the LUT's own runtime on this CPU, interleaved rounds
    (``fbprof verify --arch A --arch B --samples 0 --no-calibrate``, its whole-network path): each must be
-   within +-10% of its target;
+   within +-10% of its target. Right before, the grid is measured again (``OUT/lut-after-search.csv``): the median
+   ratio of its rows to the first measurement is this VM's drift over the searches, and the searched networks'
+   prediction from it (``predicted_after_search_grid_ms``) says what the LUT predicts of the box at verify time;
 4. each searched network trained from scratch (two seeds) beside ``--random`` (6) random networks of the space
    whose predicted latency (the same interpolated LUT) is within +-``--tolerance`` (5%) of the searched one's, one
    seed each, plus a second seed of the first random one -- the protocol of ``benchmarks/search_quality.py``.
@@ -243,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"measuring: {shlex.join(cmd)}")
         subprocess.run(cmd, check=True, cwd=ROOT)
     drift = json.loads(drift_path.read_text()) if drift_path.exists() else None
+    # the grid as re-measured right before verify: its prediction is what the LUT says about the box at that time
+    after_path = out / "lut-after-search.csv"
+    after = read_lut(after_path) if drift and "error" not in drift and after_path.exists() else None
     vs = json.loads((vdir / "summary.json").read_text())
     given = vs.get("given", {})
 
@@ -252,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         arch = load_arch(s["arch_file"])
         g = given.get(arch.name, {})
         measured_ms = g["measured_us"] / 1000 if g.get("measured_us") else None
+        after_ms = predict(arch, after).total_us / 1000 if after is not None else None
         log(f"target {s['target_us'] / 1000:.2f} ms: {arch.name} measured {measured_ms} ms")
         s_runs = [fit(arch, args.seed + k) for k in range(2)]
         own = {"res": [plan.resolutions.index(arch.space.resolution)], "stem": [space.stem_widths.index(arch.stem_channels)],
@@ -274,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
                          "measured_ms": round(measured_ms, 3) if measured_ms else None,
                          "measured_vs_target": round(measured_ms / (s["target_us"] / 1000) - 1, 4) if measured_ms else None,
                          "predicted_vs_measured": round(s["predicted_us"] / 1000 / measured_ms - 1, 4) if measured_ms else None,
+                         "predicted_after_search_grid_ms": round(after_ms, 3) if after_ms else None,
+                         "predicted_after_search_grid_vs_measured": (round(after_ms / measured_ms - 1, 4)
+                                                                     if after_ms and measured_ms else None),
                          "round_spread_pct": g.get("round_spread_pct"),
                          "acc": [r["acc"] for r in s_runs], "arch_file": str(s["arch_file"]),
                          "resolution": arch.space.resolution, "stem": arch.stem_channels, "blocks": list(arch.blocks),
