@@ -235,11 +235,12 @@ class LatencyModel:
 
 def latency_bounds(plan: ChannelPlan, model: LatencyModel) -> tuple[float, float]:
     """(fastest, slowest) latency in µs over the plan's architectures -- printed beside ``--target-ms``, kept in
-    summary.json (``info.lut_range_us``), and what benchmarks spread their targets over. Exact: at one resolution the latency is a chain (stem width, then
-    each layer's cost given its input and output width and block, then the head given the last width), so a
-    dynamic programme over the widths finds the min and the max; then the min (max) over the resolutions. (The
-    narrowest network is not always the fastest: a channel-changing skip costs a 1x1 convolution, an equal-width
-    skip nothing.)"""
+    summary.json (``info.lut_range_us``), and what benchmarks spread their targets over.
+
+    Exact: at one resolution the latency is a chain (stem width, then each layer's cost given its input and
+    output width and block, then the head given the last width), so a dynamic programme over the widths finds the
+    min and the max; then the min (max) over the resolutions. (The narrowest network is not always the fastest: a
+    channel-changing skip costs a 1x1 convolution, an equal-width skip nothing.)"""
     sp = plan.space
 
     def chain(ri: int, pick) -> float:
