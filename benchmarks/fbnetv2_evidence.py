@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from search_evidence import TrainedJournal
+    from search_evidence import TrainedJournal, score_targets
     from search_quality import training_data
 
     from fbprof.lut.interp import GridLut
@@ -295,14 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                        "blocks": [list(a.blocks) for a in rand], "resolution": [a.space.resolution for a in rand],
                        "macs": [a.macs() for a in rand]},
         })
-    seed_spread = max(spreads) if spreads else None
+    seed_spread = score_targets(targets, spreads)
     for t in targets:
-        med = statistics.median(t["random"]["acc"]) if t["random"]["acc"] else float("nan")
-        mean = statistics.fmean(t["searched"]["acc"])
-        t["searched_mean"], t["random_median"] = mean, med
-        t["random_spread"] = [min(t["random"]["acc"]), max(t["random"]["acc"])] if t["random"]["acc"] else None
-        t["margin"] = mean - med
-        t["accuracy_pass"] = seed_spread is not None and mean - med > seed_spread
         mv = t["searched"]["measured_vs_target"]
         t["latency_pass"] = mv is not None and abs(mv) <= 0.10
         t["pass"] = t["accuracy_pass"] and t["latency_pass"]

@@ -98,6 +98,22 @@ def random_archs_near(lat, mask, fixed: float, target_us: float, count: int, see
     return found, f"tilted per layer, exp(-{lam:.4g} * latency_us) (uniform draws gave too few within +-{tol:.0%})"
 
 
+def score_targets(targets: list[dict], spreads: list[float]) -> float | None:
+    """The searched-vs-random verdict of the quality protocol, written into every target in place: the searched
+    mean, the random median and range, the margin, and ``accuracy_pass`` (margin above the largest seed-to-seed
+    difference seen in the run, which is returned as ``seed_spread``)."""
+    seed_spread = max(spreads) if spreads else None
+    for t in targets:
+        acc = t["random"]["acc"]
+        med = statistics.median(acc) if acc else float("nan")
+        mean = statistics.fmean(t["searched"]["acc"])
+        t["searched_mean"], t["random_median"] = mean, med
+        t["random_spread"] = [min(acc), max(acc)] if acc else None
+        t["margin"] = mean - med
+        t["accuracy_pass"] = seed_spread is not None and mean - med > seed_spread
+    return seed_spread
+
+
 class TrainedJournal:
     """The from-scratch trainings a benchmark run has finished, one JSON line each in ``path`` (appended, flushed
     and fsynced as each ends), so a run that is interrupted resumes without training them again. A line is keyed

@@ -28,7 +28,6 @@ import argparse
 import json
 import platform
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from search_evidence import TrainedJournal, _space_range, random_archs_near
+    from search_evidence import TrainedJournal, _space_range, random_archs_near, score_targets
 
     from fbprof.lut.predict import predict
     from fbprof.lut.table import read_lut
@@ -148,14 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             "random": {"ms": [round(m, 4) for m in r_ms], "acc": [r["acc"] for r in r_runs], "sampling": how,
                        "second_seed_of_first": second["acc"] if second else None, "blocks": r_blocks},
         })
-    seed_spread = max(spreads) if spreads else None
+    seed_spread = score_targets(targets, spreads)
     for t in targets:
-        med = statistics.median(t["random"]["acc"]) if t["random"]["acc"] else float("nan")
-        mean = statistics.fmean(t["searched"]["acc"])
-        t["searched_mean"], t["random_median"] = mean, med
-        t["random_spread"] = [min(t["random"]["acc"]), max(t["random"]["acc"])] if t["random"]["acc"] else None
-        t["margin"] = mean - med
-        t["pass"] = seed_spread is not None and mean - med > seed_spread
+        t["pass"] = t.pop("accuracy_pass")
     fbnet = []
     if not args.no_fbnet:
         for name in ("fbnet-a", "fbnet-b", "fbnet-c"):
