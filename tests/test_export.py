@@ -537,8 +537,30 @@ def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
     assert lut.header["backend"] == backend
     assert lut.header["format"] == {"litert": "tflite", "executorch": "pte"}[backend]
     assert "unknown" not in lut.header["runtime"] and "XNNPACK" in lut.header["denormals"]
+    # ExecuTorch's timed call changed (inputs set once, no output clone): its rows say so and do not mix with older ones
+    assert lut.header["timed"] == {"litert": "invoke", "executorch": "invoke/2"}[backend]
     for row in lut.rows.values():
         assert "output not checked" not in row.note and row.median_us > 0
+
+
+def test_executorch_invoke_runs_on_inputs_set_once(cache):
+    """The timed call (``invoke``) executes the method on the inputs set when the session opened, without copying
+    them in or cloning outputs; what it computes is what ``run`` (inputs passed, output cloned) returns."""
+    from fbprof.backends.executorch import open_session
+    from fbprof.profiler.export import export_op
+
+    art = export_op(OpSpec.parse("k3_e3:8x8x8:16:s1"), "pte", cache)
+    s = open_session(art.path, art.input, 1)
+    try:
+        ref = s.run()
+        for _ in range(3):
+            s.invoke()
+        out = s._bound.get_outputs(clone_outputs=True)[0].numpy()
+        np.testing.assert_array_equal(out, ref)
+        assert float(np.abs(ref).max()) > 0
+        np.testing.assert_allclose(s.run(), art.expected, atol=1e-3)
+    finally:
+        s.close()
 
 
 # ---- whole architectures -----------------------------------------------------------------------

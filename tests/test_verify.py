@@ -148,6 +148,38 @@ def test_verify_rejects_another_backend_and_uncovered_space(verified, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_same_run_rows_predict_from_this_runs_rows_not_the_stored_ones(torch_lut, tmp_path):
+    """--same-run-rows: the rows the predictions read are measured beside the networks, and every network is
+    predicted again from them. A LUT whose rows all read 1000x (as if measured on a far slower day) misses by
+    ~1000x raw; the same-run prediction does not read the stored rows at all, and now/LUT says 1/1000."""
+    from fbprof.lut.predict import rows_read
+
+    lut = read_lut(torch_lut)
+    slow = tmp_path / "slow.csv"
+    old_header = {k: v for k, v in lut.header.items() if k != "timed"}  # and timed as before 2026-12-01
+    write_lut(slow, old_header, [LutRow(r.key, r.status, r.stats.scaled(1000)) for r in lut.rows.values()])
+    out = tmp_path / "report"
+    res = run("verify", "--lut", slow, "--samples", 4, "--seed", 5, "--rounds", 1, "--noise-repeats", 0, "--no-calibrate",
+              "--same-run-rows", "--min-runs", 3, "--min-time", 0, "--workers", 1, "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    assert "LUT rows measured in this run" in res.output
+    s = json.loads((out / REPORT_FILES["summary"]).read_text())
+    assert "--same-run-rows" in s["command"]
+    assert [m for m in s["identity_mismatch"] if m.startswith("timed:")] == [
+        "timed: '(none: an output read back in every call)' in the LUT, 'invoke' here"]
+    sr = s["same_run_rows"]
+    rows = list(csv.DictReader((out / REPORT_FILES["csv"]).open(newline="")))
+    sp = lut.space()
+    archs = [sp.arch(r["blocks"].split(), int(r["head_channels"]), name=r["arch"]) for r in rows]
+    assert set(sr["rows_us"]) == {k for a in archs for k in rows_read(a, lut)} and sr["rows"] == len(sr["rows_us"])
+    assert sr["failed"] == {} and sr["now_over_lut"]["median"] < 0.01  # 1/1000 of the stored rows, give or take noise
+    for r, a in zip(rows, archs):
+        assert float(r["same_run_us"]) == pytest.approx(sum(sr["rows_us"][k] for k in rows_read(a, lut)), abs=0.01)
+        assert float(r["predicted_us"]) > 100 * float(r["same_run_us"])  # the stored rows' sum is the 1000x one
+    assert sr["raw"]["all"]["n"] == 4 and s["raw"]["all"]["bias_pct"] > 10000
+    assert abs(sr["raw"]["all"]["bias_pct"]) < 1000  # same-run rows: the device's own scale, not the stored 1000x
+
+
 # ------------------------------------------------------------------------------------------------
 # units: sampling, order, statistics, calibration fit and header round trip
 def test_sampling_is_seeded_distinct_and_uniform():

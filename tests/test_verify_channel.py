@@ -100,6 +100,45 @@ def test_verify_measures_channel_archs_against_interpolated_predictions(grid, tm
     assert lut_path.read_text() == before  # no calibration stored into a grid LUT
 
 
+def test_rows_read_are_all_a_grid_prediction_needs(grid):
+    """A LUT holding only rows_read(arch) predicts arch exactly as the whole grid does (exact rows and the
+    corners every interpolated layer reads), and without any one of them it cannot."""
+    import dataclasses
+
+    from fbprof.lut.predict import rows_read
+
+    lut_path, files = grid
+    lut = read_lut(lut_path)
+    for path in files.values():
+        a = load_arch(path)
+        keys = rows_read(a, lut)
+        assert keys and set(keys) <= set(lut.rows) and len(keys) < len(lut.rows)
+        only = dataclasses.replace(lut, rows={k: lut.rows[k] for k in keys})
+        assert predict_interpolated(a, only).total_us == pytest.approx(predict_interpolated(a, lut).total_us)
+        for k in keys:
+            with pytest.raises(InputError):
+                predict_interpolated(a, dataclasses.replace(lut, rows={j: lut.rows[j] for j in keys if j != k}))
+
+
+def test_verify_same_run_rows_interpolates_from_this_runs_grid_rows(grid, tmp_path):
+    import dataclasses
+
+    from fbprof.lut.predict import rows_read
+
+    lut_path, files = grid
+    out = tmp_path / "report"
+    res = run("verify", "--lut", lut_path, "--arch", files["c-one"], "--arch", files["c-two"], "--rounds", 1,
+              "--noise-repeats", 0, "--same-run-rows", "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    lut = read_lut(lut_path)
+    sr = json.loads((out / "summary.json").read_text())["same_run_rows"]
+    archs = {n: load_arch(p) for n, p in files.items()}
+    assert set(sr["rows_us"]) == {k for a in archs.values() for k in rows_read(a, lut)}
+    now = dataclasses.replace(lut, rows={k: LutRow(k, "ok", Stats.of([v])) for k, v in sr["rows_us"].items()})
+    for r in csv.DictReader((out / "verify.csv").open()):
+        assert float(r["same_run_us"]) == pytest.approx(predict_interpolated(archs[r["arch"]], now).total_us, abs=0.01)
+
+
 def test_plan_samples_channel_archs_the_grid_covers_and_refuses_uncovered_ones(grid, tmp_path):
     lut_path, files = grid
     lut = read_lut(lut_path)

@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator, Protocol
 
 from fbprof.errors import MeasurementError, MissingExtraError
+from fbprof.lut.table import TIMED
 
 __all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env", "reuse_export_setup"]
 
@@ -75,13 +76,14 @@ class Backend:
     local: bool  # a local runtime exists on this kind of computer
     module: ModuleType = field(repr=False, compare=False)
     batch: int = 1  # ops converted together by the module's export_batch (1: it has none)
+    timed: str = TIMED  # what one timed call runs: the LUT header's ``timed`` field (docs/lut-format.md)
 
     @classmethod
     def of(cls, module: ModuleType) -> "Backend":
         s = module.SPEC
         return cls(s["name"], s["format"], s["suffix"], tuple(s.get("aliases", ())), s.get("extra"), s["runtime_module"],
                    s["converter_module"], s["denormals"], s["description"], bool(s.get("local", True)), module,
-                   int(s.get("batch", 1)) if hasattr(module, "export_batch") else 1)
+                   int(s.get("batch", 1)) if hasattr(module, "export_batch") else 1, s.get("timed", TIMED))
 
     # -- export ------------------------------------------------------------------------------------
     def converter_version(self) -> str:

@@ -59,6 +59,10 @@ def verify(
                                "instead of loops (every network timed once per iteration, its third call in a row; "
                                "the iterations are cut into --rounds rounds; with --breakdown a layer's cost is the "
                                "median of its per-iteration prefix differences)"),
+    same_run_rows: bool = typer.Option(False, "--same-run-rows", help="also measure the LUT rows the predictions read, "
+                                       "interleaved with the networks, and report the prediction from those same-run "
+                                       "rows beside the LUT's: what the LUT's method misses, without the device's drift "
+                                       "since the LUT was built (reported as now/LUT)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     verbose: bool = verbose_option(),
     json_out: bool = json_option(),
@@ -77,7 +81,8 @@ def verify(
                           samples=samples, seed=seed, rounds=rounds, paired=paired, noise_repeats=noise_repeats,
                           calib_fraction=calib_fraction, calibrate=calibrate, store=store, published=published,
                           archs=list(arch), min_runs=min_runs, min_time_s=min_time, export_workers=workers,
-                          cache_dir=cache_dir, report_dir=out, profiles=list(profiles), options=parse_options(option))
+                          cache_dir=cache_dir, report_dir=out, profiles=list(profiles), options=parse_options(option),
+                          same_run_rows=same_run_rows)
     if breakdown or breakdown_worst:
         if arch:
             raise InputError("--arch and --breakdown are separate modes: give the network to break down with --breakdown")
@@ -117,6 +122,13 @@ def verify(
         if g["measured_us"]:
             console.print(f"{n}: predicted {g['predicted_us'] / 1000:.3f} ms, measured {g['measured_us'] / 1000:.3f} ms "
                           f"({100 * (g['predicted_us'] - g['measured_us']) / g['measured_us']:+.1f}%)")
+    sr = s.get("same_run_rows")
+    if sr:
+        d = sr.get("now_over_lut") or {}
+        console.print(_line(f"{raw} from the {sr['rows']} LUT rows measured in this run, held-out", sr["raw"]["held_out"]))
+        if d:
+            console.print(f"those rows now / in the LUT: median {d['median']:.3f} (p10 {d['p10']:.3f}, p90 {d['p90']:.3f})"
+                          + ("" if not sr["failed"] else f"; {len(sr['failed'])} rows failed"))
     if s["calibrated"].get("held_out"):
         console.print(_line(f"calibrated ({s['calibrated']['source']}), held-out", s["calibrated"]["held_out"]))
         console.print(f"calibration: {s['calibrated']['formula']}")

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from fbprof.lut.table import Lut
 from fbprof.space import Arch, Space
 
-__all__ = ["LayerCost", "Prediction", "predict", "rows_not_ok", "require_space", "LutDiffRow", "LutDiff", "diff_luts"]
+__all__ = ["LayerCost", "Prediction", "predict", "rows_read", "rows_not_ok", "require_space", "LutDiffRow", "LutDiff", "diff_luts"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,23 @@ def predict(arch: Arch, lut: Lut) -> Prediction:
     if cal is not None:
         pred.calibrated_us = cal.apply(total, arch)
     return pred
+
+
+def rows_read(arch: Arch, lut: Lut) -> list[str]:
+    """Keys of the LUT rows :func:`predict` reads for ``arch`` (sorted): its layers' rows, or for a grid LUT the
+    exact rows and the grid rows each interpolated layer reads. A LUT holding only these rows predicts ``arch``
+    exactly as ``lut`` does (so the rows can be measured again and the prediction redone from them)."""
+    if "grid" in lut.header:
+        from fbprof.lut.interp import GridLut  # noqa: PLC0415
+
+        g = GridLut(lut)
+        keys: set[str] = set()
+        for _, spec in arch.ops():
+            if spec.is_identity:
+                continue
+            keys.update([spec.key] if spec.key in lut.rows else g.sources(spec))
+        return sorted(keys)
+    return sorted({spec.key for _, spec in arch.ops() if not spec.is_identity})
 
 
 def rows_not_ok(results: Iterable[tuple[Any, Prediction]], lut: Lut) -> list[dict[str, Any]]:

@@ -44,8 +44,9 @@ HEADER_ORDER = (
 REQUIRED_HEADER = ("device", "backend", "runtime", "threads", "spaces")
 #: rows measured under different values of these cannot share a file
 IDENTITY_FIELDS = ("device", "device_model", "cpu_model", "backend", "runtime", "threads", "pairing", "timed")
-#: the ``timed`` field of LUTs measured by this fbprof: the loop timed the runtime's invoke alone, outputs read
-#: after timing (fbprof.backends.base.Session); LUTs without it timed an output read-back in every call
+#: the ``timed`` field of LUTs measured by this fbprof (a backend's ``SPEC["timed"]`` may say more): the loop timed
+#: the runtime's invoke alone, outputs read after timing (fbprof.backends.base.Session); LUTs without it timed an
+#: output read-back in every call
 TIMED = "invoke"
 _US_FIELDS = ("median_us", "p10_us", "p90_us", "mean_us", "std_us", "min_us", "max_us")
 #: the largest latency a row may hold (about 11.6 days): a sum of a million of them stays finite

@@ -27,7 +27,7 @@ from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import LockHeld, OutputLock, WriteError
 from fbprof.loop import INVALID, STATUSES, Attempts, LoopConfig, describe_pairing, paired_measurement
-from fbprof.lut.table import IDENTITY_FIELDS, TIMED, Journal, LutRow, clean_cell, read_lut, write_lut
+from fbprof.lut.table import IDENTITY_FIELDS, Journal, LutRow, clean_cell, read_lut, write_lut
 from fbprof.profiler.export import export_ops, stream_ops
 from fbprof.space import GridCell, SpaceTag, format_grid, format_space_tags
 from fbprof.spec import OpSpec
@@ -211,7 +211,7 @@ def build_header(req: MeasureRequest) -> dict[str, str]:
         "activations": ACTIVATIONS_NOTE,
         "loop": req.loop.describe(),
         **({"pairing": describe_pairing(req.paired)} if req.paired else {}),
-        "timed": TIMED,
+        "timed": get_backend(req.backend).timed,
         "torch": dist_version("torch"),
         "fbprof": __version__,
     }

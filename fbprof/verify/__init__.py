@@ -16,29 +16,41 @@ The architectures are split in two: a calibration split (a seeded share of the r
 which a small linear correction of the LUT sum may be fitted (:mod:`fbprof.lut.calibration`), and
 a held-out split (the rest, and the published ones) on which every accuracy number is reported.
 
+With ``same_run_rows`` the LUT rows the predictions read (:func:`fbprof.lut.predict.rows_read`) are measured
+too, in the same rounds as the networks, and every network is predicted again from them: that error is the
+LUT method's own (ops measured alone and summed or interpolated), without the device's drift between the
+LUT's build and this run, which the summary reports apart as the rows' ``now_over_lut`` ratio.
+
 Reports (:func:`write_report`): a per-architecture CSV, a summary JSON and a PNG scatter plot.
 Nothing here prints; progress goes to a :class:`VerifyListener`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 
 from fbprof import __version__
 from fbprof.artifact import Artifact
+from fbprof.backends import get_backend
 from fbprof.errors import InputError, MeasurementError
-from fbprof.loop import INVALID
+from fbprof.loop import INVALID, OK, Stats
 from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of, select_and_fit, store_calibration
-from fbprof.lut.predict import predict
-from fbprof.profiler.export import export_archs
+from fbprof.lut.predict import predict, rows_read
+from fbprof.lut.table import LutRow
+from fbprof.profiler.export import export_archs, export_ops
+from fbprof.spec import OpSpec
 from fbprof.verify.measure import measure_interleaved, measure_paired_blocks, round_order
 from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyConfig, VerifyListener, VerifyPlan, VerifyRequest,
                                 config_loop, config_space, given_archs, is_grid, open_verify, plan_verify, published_archs,
                                 sample_archs, verify_command)
 from fbprof.verify.report import CSV_COLUMNS, REPORT_FILES, format_csv, plot_png, write_report
 from fbprof.verify.stats import (GOALS, SUMMARY_SCHEMA, NetworkMeasurement, NoiseFloor, VerifyResult, accuracy,
-                                 rank_stats, summarize)
+                                 rank_stats, same_run_rows, summarize)
+
+#: how a LUT row measured beside the networks is named among the measured artifacts (op keys hold ``:``)
+ROW_PREFIX = "row "
 
 __all__ = [
     "VerifyConfig", "open_verify", "verify_command", "config_loop", "config_space",
@@ -61,17 +73,22 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     mismatch = _identity_mismatch(plan, req)
     for m in mismatch:
         lis.on_note(f"the LUT was measured differently: {m}")
-    lis.on_export_start(len(plan.archs))
+    row_keys = sorted({k for a in plan.archs for k in rows_read(a, plan.lut)}) if req.same_run_rows else []
+    lis.on_export_start(len(plan.archs) + len(row_keys))
     t_exp = time.perf_counter()
     exported = export_archs(plan.archs, plan.format, req.cache, req.export_options, workers=req.export_workers,
                             on_done=lis.on_export_done)
+    row_arts = export_ops([OpSpec.parse(k) for k in row_keys], plan.format, req.cache, req.export_options,
+                          workers=req.export_workers, on_done=lis.on_export_done) if row_keys else {}
     export_s = time.perf_counter() - t_exp
     failed = {n: a.message for n, a in exported.items() if isinstance(a, MeasurementError)}
     for n, why in failed.items():
         lis.on_note(f"{n}: {why}")
+    rows_failed = {k: a.message for k, a in row_arts.items() if isinstance(a, MeasurementError)}
     if export_only:
         return None
     artifacts = {n: a for n, a in exported.items() if isinstance(a, Artifact)}
+    artifacts |= {ROW_PREFIX + k: a for k, a in row_arts.items() if isinstance(a, Artifact)}
     t_meas = time.perf_counter()
     if req.paired:
         per_arch, noise_r, mfailed, notes = measure_paired_blocks(
@@ -82,6 +99,18 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
             req.device, plan.backend, plan.threads, plan.loop, artifacts, req.rounds, req.seed,
             plan.noise_arch, req.noise_repeats, req.check_atol, lis)
     measure_s = time.perf_counter() - t_meas
+    rows_now: dict[str, float] = {}
+    for name in [n for n in artifacts if n.startswith(ROW_PREFIX)]:  # rows are not networks: kept apart
+        key, why, rounds = name[len(ROW_PREFIX):], mfailed.pop(name, None), per_arch.pop(name, [])
+        row_notes = [n for n in notes.pop(name, []) if n.startswith("output")]
+        if why or row_notes or not rounds:
+            rows_failed[key] = why or "; ".join(row_notes) or "not measured"
+        else:
+            rows_now[key] = statistics.median(rounds)
+    for key, why in sorted(rows_failed.items()):
+        lis.on_note(f"LUT row {key}, measured in this run: {why}")
+    same_run_lut = dataclasses.replace(plan.lut, rows={k: LutRow(k, OK, Stats.of([v])) for k, v in rows_now.items()}) \
+        if req.same_run_rows else None
     failed.update(mfailed)
 
     results: list[NetworkMeasurement] = []
@@ -96,6 +125,8 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
             r.note = "; ".join(notes.get(a.name, []))
             if any(n.startswith("output") for n in notes.get(a.name, [])):
                 r.status = INVALID
+        if same_run_lut is not None and all(k in rows_now for k in rows_read(a, plan.lut)):
+            r.same_run_us = predict(a, same_run_lut).total_us
         results.append(r)
     good = [r for r in results if r.status != INVALID]
 
@@ -125,7 +156,8 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
 
     summary = summarize(plan, req, results, noise, cal, source, fit_report, failed,
                        {"export_s": round(export_s, 1), "measure_s": round(measure_s, 1),
-                        "total_s": round(time.perf_counter() - t0, 1)}, mismatch)
+                        "total_s": round(time.perf_counter() - t0, 1)}, mismatch,
+                        same_run_rows(plan.lut, rows_now, rows_failed) if req.same_run_rows else None)
     if cal is not None and source == "fitted" and req.store:
         info = {"fitted_on": summary["counts"]["calibration"], "seed": req.seed, "rounds": req.rounds,
                 "held_out": {k: summary["calibrated"]["held_out"].get(k) for k in ("n", "mape_pct", "within_5_pct", "within_10_pct")},
@@ -148,4 +180,8 @@ def _identity_mismatch(plan: VerifyPlan, req: VerifyRequest) -> list[str]:
     for k in ("device", "device_model", "cpu_model", "runtime"):
         if k in plan.lut.header and k in fp and plan.lut.header[k] != fp[k]:
             out.append(f"{k}: {plan.lut.header[k]!r} in the LUT, {fp[k]!r} here")
+    timed = get_backend(plan.backend).timed  # what one timed call runs (docs/lut-format.md)
+    if plan.lut.header.get("timed") != timed:
+        out.append(f"timed: {plan.lut.header.get('timed', '(none: an output read back in every call)')!r} in the LUT, "
+                   f"{timed!r} here")
     return out

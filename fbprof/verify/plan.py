@@ -64,6 +64,9 @@ class VerifyRequest:
     export_options: dict = field(default_factory=dict)
     check_atol: float = 1e-3
     command: str = ""
+    #: also measure the LUT rows the networks' predictions read, interleaved with the networks, and predict again
+    #: from those same-run rows (drift of the device between the LUT's build and now cancels)
+    same_run_rows: bool = False
 
     def __post_init__(self) -> None:
         if self.samples < 0:
@@ -111,6 +114,7 @@ class VerifyConfig:
     min_runs: int | None = None  # on top of `loop` (or the LUT's): timed samples per measurement
     min_time_s: float | None = None  # likewise: seconds of samples per measurement
     profiles: list[str | Path] = field(default_factory=list)  # extra device profile files or folders
+    same_run_rows: bool = False  # also measure the LUT rows the predictions read, in the same rounds
 
 
 @contextmanager
@@ -127,7 +131,8 @@ def open_verify(config: VerifyConfig) -> Iterator[VerifyRequest]:
                             loop=loop, calibrate=config.calibrate, store=config.store,
                             calib_fraction=config.calib_fraction, noise_repeats=config.noise_repeats,
                             published=config.published, cache=ArtifactCache(config.cache_dir),
-                            export_workers=config.export_workers, command=verify_command(config))
+                            export_workers=config.export_workers, command=verify_command(config),
+                            same_run_rows=config.same_run_rows)
 
 
 def config_space(config: VerifyConfig) -> Space | ChannelSpace | None:
@@ -168,6 +173,8 @@ def verify_command(config: VerifyConfig) -> str:
     args += ["--samples", str(c.samples), "--seed", str(c.seed), "--rounds", str(c.rounds)]
     if c.paired:
         args += ["--paired", str(c.paired)]
+    if c.same_run_rows:
+        args.append("--same-run-rows")
     args += ["--noise-repeats", str(c.noise_repeats), "--calib-fraction", f"{c.calib_fraction:g}",
              "--calibrate" if c.calibrate else "--no-calibrate"]
     if c.calibrate:

@@ -17,7 +17,8 @@ from fbprof.verify.stats import NetworkMeasurement, VerifyResult
 __all__ = ["CSV_COLUMNS", "REPORT_FILES", "format_csv", "write_report", "plot_png"]
 
 CSV_COLUMNS = ("arch", "kind", "split", "predicted_us", "calibrated_us", "measured_us", "error_pct",
-               "calibrated_error_pct", "round_spread_pct", "rounds", "macs", "head_channels", "blocks", "channels", "status", "note")
+               "calibrated_error_pct", "round_spread_pct", "rounds", "macs", "head_channels", "blocks", "channels", "status", "note",
+               "same_run_us")
 REPORT_FILES = {"csv": "verify.csv", "summary": "summary.json", "plot": "verify.png"}
 
 
@@ -46,7 +47,7 @@ def _csv_rows(results: Sequence[NetworkMeasurement]):
         yield [r.name, r.kind, r.split, num(r.predicted_us), num(r.calibrated_us), num(r.measured_us), num(err, 3),
                num(cerr, 3), num(r.round_spread_pct, 3), " ".join(f"{x:.3f}" for x in r.rounds_us), r.arch.macs(),
                r.arch.head_channels, " ".join(r.arch.blocks), " ".join(map(str, getattr(r.arch, "channels", ()))),
-               r.status, r.note]
+               r.status, r.note, num(r.same_run_us)]
 
 
 def write_report(result: VerifyResult, out_dir: str | Path) -> dict[str, Path]:
@@ -69,7 +70,8 @@ def plot_png(result: VerifyResult) -> bytes:
     fig = Figure(figsize=(13, 5.8), dpi=110)
     ax, bx = fig.subplots(1, 2)
     meas = [r.measured_us / 1000 for r in good]
-    every = meas + [r.predicted_us / 1000 for r in good] + [r.calibrated_us / 1000 for r in good if r.calibrated_us is not None]
+    every = meas + [r.predicted_us / 1000 for r in good] + [r.calibrated_us / 1000 for r in good if r.calibrated_us is not None] \
+        + [r.same_run_us / 1000 for r in good if r.same_run_us is not None]
     lo, hi = (min(every), max(every)) if every else (0.0, 1.0)
     pad = 0.08 * (hi - lo or hi or 1.0)
     xs = [max(0.0, lo - pad), hi + pad]
@@ -80,6 +82,13 @@ def plot_png(result: VerifyResult) -> bytes:
     raw = s["raw"]["held_out"]
     ax.scatter(meas, [r.predicted_us / 1000 for r in good], s=14, color="tab:blue", alpha=0.7,
                label=f"{'interpolated LUT' if s.get('prediction', '').startswith('interpolated') else 'raw LUT sum'} (held-out MAPE {raw.get('mape_pct', float('nan')):.1f}%, τ {raw.get('kendall_tau') or float('nan'):.3f})")
+    now = [r for r in good if r.same_run_us is not None]
+    if now and s.get("same_run_rows"):
+        sr = s["same_run_rows"]["raw"]["all"]
+        ax.scatter([r.measured_us / 1000 for r in now], [r.same_run_us / 1000 for r in now], s=16, marker="x",
+                   color="tab:gray", alpha=0.8,
+                   label=f"LUT rows measured in this run (MAPE {sr.get('mape_pct', float('nan')):.1f}%, "
+                         f"bias {sr.get('bias_pct', float('nan')):+.1f}%)")
     held_c = [r for r in good if r.calibrated_us is not None and r.split == HELD_OUT]
     if held_c:
         c = s["calibrated"]["held_out"]

@@ -15,6 +15,7 @@ from fbprof.space import Arch, ChannelArch
 from fbprof.verify.plan import CALIBRATION, HELD_OUT, VerifyPlan, VerifyRequest
 
 __all__ = ["NetworkMeasurement", "NoiseFloor", "VerifyResult", "accuracy", "rank_stats", "fit_macs", "summarize",
+           "same_run_rows",
            "SUMMARY_SCHEMA", "GOALS"]
 
 SUMMARY_SCHEMA = 1
@@ -35,6 +36,7 @@ class NetworkMeasurement:
     rounds_us: list[float] = field(default_factory=list)
     status: str = OK
     note: str = ""
+    same_run_us: float | None = None  # predicted from the LUT rows measured in this run (``same_run_rows``)
 
     @property
     def name(self) -> str:
@@ -137,7 +139,9 @@ def fit_macs(macs: Sequence[float], measured: Sequence[float]) -> tuple[float, f
 
 def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasurement], noise: NoiseFloor | None,
              cal: LinearCalibration | None, source: str, fit_report: FitReport | None, failed: dict[str, str],
-             timing: dict[str, float], mismatch: list[str]) -> dict[str, Any]:
+             timing: dict[str, float], mismatch: list[str], same_run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary JSON; ``same_run`` (:func:`same_run_rows`), when the LUT's rows were measured in this run too,
+    gains the accuracy of the prediction from those rows."""
     good = [r for r in results if r.status != INVALID]
     held = [r for r in good if r.split == HELD_OUT]
     calib = [r for r in good if r.split == CALIBRATION]
@@ -195,6 +199,10 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "timing_s": timing,
         "fbprof": __version__,
     }
+    if same_run is not None:
+        both = [r for r in good if r.same_run_us is not None]
+        summary["same_run_rows"] = {**same_run, "raw": {"all": acc(both, "same_run_us"),
+                                                         "held_out": acc([r for r in both if r.split == HELD_OUT], "same_run_us")}}
     if fit_report is not None:
         summary["calibration"] = {"chosen": fit_report.chosen, "loo_rmspe_pct": {k: round(v, 3) for k, v in fit_report.loo_rmspe_pct.items()},
                                   "fitted_on": fit_report.n, "rule": fit_report.rule,
@@ -213,9 +221,28 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
     return summary
 
 
+def same_run_rows(lut, rows_now: dict[str, float], rows_failed: dict[str, str]) -> dict[str, Any]:
+    """What the LUT rows measured beside the networks say: how many, their medians now (µs), and how far they moved
+    since the LUT was measured (``now / LUT`` per row: the device's drift, or rows measured under other
+    conditions). The prediction from these rows is judged in :func:`summarize`."""
+    ratios = sorted(v / lut.rows[k].median_us for k, v in rows_now.items() if lut.rows[k].median_us > 0)
+    d: dict[str, Any] = {
+        "what": "the LUT rows the predictions read, measured again in the same rounds as the networks; "
+                "'raw' predicts every network from them (same sum or interpolation as the LUT's)",
+        "rows": len(rows_now), "failed": dict(sorted(rows_failed.items())),
+    }
+    if ratios:
+        q = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
+        d["now_over_lut"] = {"median": round(statistics.median(ratios), 4), "p10": round(q[0], 4),
+                             "p90": round(q[-1], 4), "min": round(ratios[0], 4), "max": round(ratios[-1], 4)}
+    d["rows_us"] = {k: round(v, 3) for k, v in sorted(rows_now.items())}
+    return d
+
+
 def _by_name(results: list[NetworkMeasurement], kind: str) -> dict[str, Any]:
     return {r.name: {"predicted_us": round(r.predicted_us, 3),
                      "calibrated_us": None if r.calibrated_us is None else round(r.calibrated_us, 3),
+                     **({} if r.same_run_us is None else {"same_run_us": round(r.same_run_us, 3)}),
                      "measured_us": None if r.measured_us is None else round(r.measured_us, 3),
                      "rounds_us": [round(v, 3) for v in r.rounds_us],
                      "round_spread_pct": None if r.round_spread_pct is None else round(r.round_spread_pct, 2)}
