@@ -180,6 +180,55 @@ def test_same_run_rows_predict_from_this_runs_rows_not_the_stored_ones(torch_lut
     assert abs(sr["raw"]["all"]["bias_pct"]) < 1000  # same-run rows: the device's own scale, not the stored 1000x
 
 
+def test_same_run_rows_paired_a_row_that_fails_and_a_change_of_method(torch_lut, tmp_path, monkeypatch):
+    """By pairing, on a LUT measured with loops: the summary says the rows were measured otherwise than the LUT's
+    (and the listener is told); a row that cannot be exported is listed as failed, and exactly the networks that
+    read it get no same-run prediction; a network named like a row is refused."""
+    import fbprof.verify as verify_mod
+    from fbprof.errors import MeasurementError
+    from fbprof.lut.predict import rows_read
+    from fbprof.verify import VerifyConfig, open_verify, run_verify
+
+    lut = read_lut(torch_lut)
+    broken = "k5_e3:16x8x8:16:s1"
+    assert broken in lut.rows
+    real = verify_mod.export_ops
+
+    def export_ops(specs, *args, **kwargs):
+        out = real([s for s in specs if s.key != broken], *args, **kwargs)
+        if any(s.key == broken for s in specs):
+            out[broken] = MeasurementError(f"{broken}: export failed (test)")
+        return out
+
+    monkeypatch.setattr(verify_mod, "export_ops", export_ops)
+    notes: list[str] = []
+
+    class Listen(verify_mod.VerifyListener):
+        def on_note(self, message):
+            notes.append(message)
+
+    cfg = VerifyConfig(lut=torch_lut, samples=6, seed=1, rounds=2, paired=6, noise_repeats=0, calibrate=False,
+                       same_run_rows=True)
+    with open_verify(cfg) as req:
+        result = run_verify(req, Listen())
+    sr = result.summary["same_run_rows"]
+    assert sr["measured"] == {"here": "pairing (6 iterations)", "in_the_lut": f"loop ({lut.header['loop']})"}
+    assert any("ratio mixes that change" in n for n in notes) and any(broken in n for n in notes)
+    assert list(sr["failed"]) == [broken] and broken not in sr["rows_us"]
+    for r in result.results:
+        reads = broken in rows_read(r.arch, lut)
+        assert r.measured_us is not None and (r.same_run_us is None) == reads
+    assert any(broken in rows_read(r.arch, lut) for r in result.results)
+    assert any(r.same_run_us is not None for r in result.results)
+    assert result.summary["lut_header"]["timed"] == "invoke"
+
+    named = tmp_path / "row x.yaml"
+    named.write_text("name: row x\nspace: tiny\nblocks: [k3_e1, k3_e3, skip, k5_e3]\n")
+    with pytest.raises(InputError, match="names starting with 'row '"):
+        with open_verify(VerifyConfig(lut=torch_lut, samples=0, archs=[str(named)], same_run_rows=True)) as req:
+            run_verify(req)
+
+
 # ------------------------------------------------------------------------------------------------
 # units: sampling, order, statistics, calibration fit and header round trip
 def test_sampling_is_seeded_distinct_and_uniform():

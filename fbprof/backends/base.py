@@ -5,12 +5,14 @@ Every backend module follows one shape, standard library only at import time (th
 runs are pushed there as single files):
 
 - ``SPEC``: a dict with ``name``, ``format``, ``suffix``, ``aliases``, ``extra``, ``runtime_module``,
-  ``converter_module``, ``denormals``, ``description`` and ``local`` (whether this computer can run it);
+  ``converter_module``, ``denormals``, ``description`` and ``local`` (whether this computer can run it), and
+  optionally ``timed``: what one timed call runs, when it differs from the default ``invoke`` (the LUT header
+  field of that name; rows timed differently do not mix);
 - ``export(module, example, path, options) -> layout`` (``"nchw"`` or ``"nhwc"``);
 - optionally ``export_batch(modules, examples, paths, options) -> layouts``: several modules converted
   together into one file each (``SPEC["batch"]`` of them at a time), cheaper than one conversion each;
-- ``open_session(model_path, input, threads) -> session`` with ``run() -> ndarray`` (feeds ``input``) and
-  ``close()`` (gives back any process-wide state the session changed).
+- ``open_session(model_path, input, threads) -> session`` with ``invoke()`` (the timed call), ``run() -> ndarray``
+  (feeds ``input``) and ``close()`` (gives back any process-wide state the session changed).
 
 :class:`Backend` wraps such a module for the rest of fbprof; :mod:`fbprof.backends` keeps the registry.
 """

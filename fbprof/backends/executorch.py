@@ -26,7 +26,7 @@ SPEC = {
     "local": True,
     "batch": 8,  # ops per lowering (export_batch)
     # one timed call: ExecuTorchMethod.execute() on inputs set once (before 2026-12-02 its invoke was
-    # Method.execute(inputs), which also copied the input in and cloned the output: 7-163 us per FBNet op)
+    # Method.execute(inputs), which also copied the input in and cloned the output: 6-141 us per FBNet op)
     "timed": "invoke/2",
 }
 
@@ -305,6 +305,9 @@ class ExecuTorchSession:
         import torch
         from executorch.runtime import Runtime, Verification
 
+        from fbprof.backends.base import dist_version
+        from fbprof.errors import MeasurementError
+
         self.torch = torch
         self.method = None
         self._torch_threads_before = torch.get_num_threads()
@@ -315,15 +318,18 @@ class ExecuTorchSession:
             method = program.load_method("forward")
             if method is None:
                 raise ValueError(f"{Path(model_path).name} has no forward method")
+            self.inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
+            # the binding's method: inputs set once, then execute() alone (``Method.execute(inputs)`` copies the
+            # input in and clones every output on each call, which a layer inside a network does not pay)
+            bound = getattr(method, "_method", None)
+            if bound is None or not hasattr(bound, "set_inputs"):
+                raise MeasurementError(f"executorch {dist_version('executorch')}: its runtime Method has no binding "
+                                       "with set_inputs/execute; fbprof times ExecuTorch 1.x's")
+            bound.set_inputs(self.inputs)
         except Exception:
             self._give_back()
             raise
-        self.program, self.method = program, method
-        self.inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
-        # the binding's method: inputs set once, then execute() alone (``Method.execute(inputs)`` copies the input
-        # in and clones every output on each call, which a layer inside a network does not pay)
-        self._bound = method._method
-        self._bound.set_inputs(self.inputs)
+        self.program, self.method, self._bound = program, method, bound
 
     def invoke(self) -> None:
         self._bound.execute()

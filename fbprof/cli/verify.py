@@ -86,6 +86,8 @@ def verify(
     if breakdown or breakdown_worst:
         if arch:
             raise InputError("--arch and --breakdown are separate modes: give the network to break down with --breakdown")
+        if same_run_rows:
+            raise InputError("--breakdown always measures the LUT rows beside the prefixes; leave out --same-run-rows")
         _breakdown(config, breakdown, breakdown_worst, quiet or json_out, json_out)
         return
     level = verbosity(quiet, verbose)
@@ -127,8 +129,10 @@ def verify(
         d = sr.get("now_over_lut") or {}
         console.print(_line(f"{raw} from the {sr['rows']} LUT rows measured in this run, held-out", sr["raw"]["held_out"]))
         if d:
-            console.print(f"those rows now / in the LUT: median {d['median']:.3f} (p10 {d['p10']:.3f}, p90 {d['p90']:.3f})"
-                          + ("" if not sr["failed"] else f"; {len(sr['failed'])} rows failed"))
+            console.print(f"those rows now / in the LUT: median {d['median']:.3f} (p10 {d['p10']:.3f}, p90 {d['p90']:.3f})")
+        if sr["failed"]:
+            err_console.print(f"[yellow]{len(sr['failed'])} LUT rows could not be measured beside the networks "
+                              f"(summary.json same_run_rows.failed); the networks that read them have no same-run prediction")
     if s["calibrated"].get("held_out"):
         console.print(_line(f"calibrated ({s['calibrated']['source']}), held-out", s["calibrated"]["held_out"]))
         console.print(f"calibration: {s['calibrated']['formula']}")

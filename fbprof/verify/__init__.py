@@ -33,7 +33,6 @@ import time
 
 from fbprof import __version__
 from fbprof.artifact import Artifact
-from fbprof.backends import get_backend
 from fbprof.errors import InputError, MeasurementError
 from fbprof.loop import INVALID, OK, Stats
 from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of, select_and_fit, store_calibration
@@ -44,7 +43,7 @@ from fbprof.spec import OpSpec
 from fbprof.verify.measure import measure_interleaved, measure_paired_blocks, round_order
 from fbprof.verify.plan import (CALIBRATION, HELD_OUT, PUBLISHED, VerifyConfig, VerifyListener, VerifyPlan, VerifyRequest,
                                 config_loop, config_space, given_archs, is_grid, open_verify, plan_verify, published_archs,
-                                sample_archs, verify_command)
+                                sample_archs, timed_mismatch, verify_command)
 from fbprof.verify.report import CSV_COLUMNS, REPORT_FILES, format_csv, plot_png, write_report
 from fbprof.verify.stats import (GOALS, SUMMARY_SCHEMA, NetworkMeasurement, NoiseFloor, VerifyResult, accuracy,
                                  rank_stats, same_run_rows, summarize)
@@ -73,7 +72,17 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     mismatch = _identity_mismatch(plan, req)
     for m in mismatch:
         lis.on_note(f"the LUT was measured differently: {m}")
-    row_keys = sorted({k for a in plan.archs for k in rows_read(a, plan.lut)}) if req.same_run_rows else []
+    row_keys: list[str] = []
+    if req.same_run_rows:
+        taken = [a.name for a in plan.archs if a.name.startswith(ROW_PREFIX)]
+        if taken:
+            raise InputError(f"network {taken[0]!r}: names starting with {ROW_PREFIX!r} name the LUT rows measured with "
+                             "--same-run-rows; rename the network")
+        row_keys = sorted({k for a in plan.archs for k in rows_read(a, plan.lut)})
+        how = _how_measured(req, plan)
+        if how["rows"] != how["lut"]:
+            lis.on_note(f"the LUT rows are measured here by {how['rows']}, the LUT's by {how['lut']}: their now/LUT "
+                        "ratio mixes that change with the device's drift")
     lis.on_export_start(len(plan.archs) + len(row_keys))
     t_exp = time.perf_counter()
     exported = export_archs(plan.archs, plan.format, req.cache, req.export_options, workers=req.export_workers,
@@ -85,30 +94,37 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     for n, why in failed.items():
         lis.on_note(f"{n}: {why}")
     rows_failed = {k: a.message for k, a in row_arts.items() if isinstance(a, MeasurementError)}
+    for key, why in sorted(rows_failed.items()):
+        lis.on_note(f"LUT row {key} (measured beside the networks): {why}")
     if export_only:
         return None
     artifacts = {n: a for n, a in exported.items() if isinstance(a, Artifact)}
-    artifacts |= {ROW_PREFIX + k: a for k, a in row_arts.items() if isinstance(a, Artifact)}
+    rows = {ROW_PREFIX + k: a for k, a in row_arts.items() if isinstance(a, Artifact)}
     t_meas = time.perf_counter()
-    if req.paired:
-        per_arch, noise_r, mfailed, notes = measure_paired_blocks(
-            req.device, plan.backend, plan.threads, artifacts, req.paired, req.rounds, req.seed,
-            plan.noise_arch, req.noise_repeats, req.check_atol, lis)
-    else:
-        per_arch, noise_r, mfailed, notes = measure_interleaved(
-            req.device, plan.backend, plan.threads, plan.loop, artifacts, req.rounds, req.seed,
-            plan.noise_arch, req.noise_repeats, req.check_atol, lis)
+    per_arch, noise_r, mfailed, notes = _measure(req, plan, artifacts | rows, lis)
+    if rows and req.paired and artifacts and set(mfailed) >= set(artifacts):
+        # pairing is one run over every item: a row that cannot be measured takes the networks with it
+        why = next(iter(mfailed.values()))
+        lis.on_note(f"measuring the networks and the LUT rows together failed ({why}); the networks are measured "
+                    "again without the rows")
+        rows_failed.update({n[len(ROW_PREFIX):]: why for n in rows})
+        rows = {}
+        per_arch, noise_r, mfailed, notes = _measure(req, plan, artifacts, lis)
     measure_s = time.perf_counter() - t_meas
     rows_now: dict[str, float] = {}
-    for name in [n for n in artifacts if n.startswith(ROW_PREFIX)]:  # rows are not networks: kept apart
+    row_notes: dict[str, list[str]] = {}
+    for name in rows:  # rows are not networks: kept apart
         key, why, rounds = name[len(ROW_PREFIX):], mfailed.pop(name, None), per_arch.pop(name, [])
-        row_notes = [n for n in notes.pop(name, []) if n.startswith("output")]
-        if why or row_notes or not rounds:
-            rows_failed[key] = why or "; ".join(row_notes) or "not measured"
+        said = notes.pop(name, [])
+        wrong = [n for n in said if n.startswith("output")]
+        if wrong:
+            lis.on_note(f"LUT row {key} (measured beside the networks): {'; '.join(wrong)}")
+        if why or wrong or not rounds:
+            rows_failed[key] = why or "; ".join(wrong) or "not measured"
         else:
             rows_now[key] = statistics.median(rounds)
-    for key, why in sorted(rows_failed.items()):
-        lis.on_note(f"LUT row {key}, measured in this run: {why}")
+            if said:
+                row_notes[key] = said
     same_run_lut = dataclasses.replace(plan.lut, rows={k: LutRow(k, OK, Stats.of([v])) for k, v in rows_now.items()}) \
         if req.same_run_rows else None
     failed.update(mfailed)
@@ -157,7 +173,7 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     summary = summarize(plan, req, results, noise, cal, source, fit_report, failed,
                        {"export_s": round(export_s, 1), "measure_s": round(measure_s, 1),
                         "total_s": round(time.perf_counter() - t0, 1)}, mismatch,
-                        same_run_rows(plan.lut, rows_now, rows_failed) if req.same_run_rows else None)
+                        same_run_rows(plan.lut, rows_now, rows_failed, row_notes, _how_measured(req, plan)) if req.same_run_rows else None)
     if cal is not None and source == "fitted" and req.store:
         info = {"fitted_on": summary["counts"]["calibration"], "seed": req.seed, "rounds": req.rounds,
                 "held_out": {k: summary["calibrated"]["held_out"].get(k) for k in ("n", "mape_pct", "within_5_pct", "within_10_pct")},
@@ -174,14 +190,30 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     return VerifyResult(plan, results, noise, cal, source, fit_report, summary, failed)
 
 
+def _measure(req: VerifyRequest, plan: VerifyPlan, artifacts: dict, lis: VerifyListener):
+    """Every artifact measured in interleaved rounds, or by sample-level pairing with ``--paired``."""
+    if req.paired:
+        return measure_paired_blocks(req.device, plan.backend, plan.threads, artifacts, req.paired, req.rounds, req.seed,
+                                     plan.noise_arch, req.noise_repeats, req.check_atol, lis)
+    return measure_interleaved(req.device, plan.backend, plan.threads, plan.loop, artifacts, req.rounds, req.seed,
+                               plan.noise_arch, req.noise_repeats, req.check_atol, lis)
+
+
+def _how_measured(req: VerifyRequest, plan: VerifyPlan) -> dict[str, str]:
+    """How this run measures LUT rows beside the networks, and how the LUT's rows were measured (its header)."""
+    h = plan.lut.header
+    lut = f"pairing ({h['pairing']})" if "pairing" in h else f"loop ({h.get('loop', 'not recorded')})"
+    rows = f"pairing ({req.paired} iterations)" if req.paired else f"loop ({plan.loop.describe()})"
+    if req.paired and "pairing" in h:
+        lut, rows = "pairing", "pairing"  # single calls both; the iteration counts only change the spread
+    return {"rows": rows, "lut": lut}
+
+
 def _identity_mismatch(plan: VerifyPlan, req: VerifyRequest) -> list[str]:
     fp = req.device.fingerprint(plan.backend, plan.threads)
     out = []
     for k in ("device", "device_model", "cpu_model", "runtime"):
         if k in plan.lut.header and k in fp and plan.lut.header[k] != fp[k]:
             out.append(f"{k}: {plan.lut.header[k]!r} in the LUT, {fp[k]!r} here")
-    timed = get_backend(plan.backend).timed  # what one timed call runs (docs/lut-format.md)
-    if plan.lut.header.get("timed") != timed:
-        out.append(f"timed: {plan.lut.header.get('timed', '(none: an output read back in every call)')!r} in the LUT, "
-                   f"{timed!r} here")
-    return out
+    timed = timed_mismatch(plan.lut, plan.backend)  # what one timed call runs (docs/lut-format.md)
+    return out + ([timed] if timed else [])

@@ -40,7 +40,8 @@ from fbprof.profiler.export import arch_from_ref, arch_key, arch_ref, export_ops
 from fbprof.lut.predict import predict
 from fbprof.space import Arch, ChannelArch
 from fbprof.verify.measure import measure_interleaved, paired_samples
-from fbprof.verify.plan import VerifyConfig, VerifyListener, config_loop, config_space, given_archs, verify_command
+from fbprof.verify.plan import (VerifyConfig, VerifyListener, config_loop, config_space, given_archs, timed_mismatch,
+                                verify_command)
 from fbprof.verify.report import csv_text, num
 
 __all__ = ["BreakdownRequest", "InContextCost", "Breakdown", "run_breakdown", "prefix_artifact", "write_breakdown",
@@ -225,6 +226,9 @@ def run_breakdown(req: BreakdownRequest, listener: VerifyListener | None = None)
     fmt = lut.header.get("format") or get_backend(backend).format
     threads = lut.threads()
     loop = req.loop or lut.loop_config()
+    timed = timed_mismatch(lut, backend)
+    if timed:
+        lis.on_note(f"the LUT was measured differently: {timed} (the isolated ops of this run are timed as here)")
     # each layer's LUT cost: its row, or for a grid LUT (channel space) the interpolated value; raises on
     # an op the LUT cannot answer before anything is exported
     lut_us = [[c.latency_us for c in predict(a, lut).layers] for a in req.archs]

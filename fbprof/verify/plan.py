@@ -23,7 +23,7 @@ from fbprof.space import Arch, ChannelArch, ChannelSpace, Space, load_arch
 
 __all__ = ["VerifyConfig", "open_verify", "verify_command", "config_space", "config_loop",
            "VerifyListener", "VerifyRequest", "VerifyPlan", "sample_archs", "sample_channel_archs", "published_archs", "given_archs",
-           "plan_verify", "is_grid", "PUBLISHED", "CALIBRATION", "HELD_OUT"]
+           "plan_verify", "is_grid", "timed_mismatch", "PUBLISHED", "CALIBRATION", "HELD_OUT"]
 
 PUBLISHED = ("fbnet-a", "fbnet-b", "fbnet-c")
 CALIBRATION, HELD_OUT = "calibration", "held-out"
@@ -278,6 +278,15 @@ def published_archs(space: Space) -> list[Arch]:
         if a.space.layers == space.layers and a.space.stem == space.stem:
             out.append(space.arch(a.blocks, a.head_channels, name=a.name))
     return out
+
+
+def timed_mismatch(lut: Lut, backend: str) -> str | None:
+    """Why ``lut``'s rows are not timed as this fbprof times ``backend`` (its header ``timed`` against the
+    backend's), or None when they are."""
+    timed = get_backend(backend).timed
+    if lut.header.get("timed") == timed:
+        return None
+    return f"timed: {lut.header.get('timed', '(none: an output read back in every call)')!r} in the LUT, {timed!r} here"
 
 
 def is_grid(lut: Lut) -> bool:

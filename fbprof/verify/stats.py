@@ -168,7 +168,7 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
         "command": req.command,
         "lut": str(req.lut_path),
         "lut_header": {k: h[k] for k in ("device", "backend", "format", "runtime", "threads", "affinity", "cpu_model",
-                                        "denormals", "loop") if k in h},
+                                        "denormals", "loop", "pairing", "timed") if k in h},
         "space": f"{plan.space.name}@{plan.space.resolution}/w{plan.space.width:g}",
         "seed": req.seed,
         "rounds": req.rounds,
@@ -221,15 +221,19 @@ def summarize(plan: VerifyPlan, req: VerifyRequest, results: list[NetworkMeasure
     return summary
 
 
-def same_run_rows(lut, rows_now: dict[str, float], rows_failed: dict[str, str]) -> dict[str, Any]:
+def same_run_rows(lut, rows_now: dict[str, float], rows_failed: dict[str, str], notes: dict[str, list[str]] | None = None,
+                  measured: dict[str, str] | None = None) -> dict[str, Any]:
     """What the LUT rows measured beside the networks say: how many, their medians now (µs), and how far they moved
-    since the LUT was measured (``now / LUT`` per row: the device's drift, or rows measured under other
-    conditions). The prediction from these rows is judged in :func:`summarize`."""
+    since the LUT was measured (``now / LUT`` per row: the device's drift, and a change of method when ``measured``
+    says the rows were measured otherwise than the LUT's). The prediction from these rows is judged in
+    :func:`summarize`."""
     ratios = sorted(v / lut.rows[k].median_us for k, v in rows_now.items() if lut.rows[k].median_us > 0)
     d: dict[str, Any] = {
         "what": "the LUT rows the predictions read, measured again in the same rounds as the networks; "
                 "'raw' predicts every network from them (same sum or interpolation as the LUT's)",
         "rows": len(rows_now), "failed": dict(sorted(rows_failed.items())),
+        **({"measured": {"here": measured["rows"], "in_the_lut": measured["lut"]}} if measured else {}),
+        "notes": {k: v for k, v in sorted((notes or {}).items())},
     }
     if ratios:
         q = statistics.quantiles(ratios, n=10) if len(ratios) >= 2 else [ratios[0]] * 9
