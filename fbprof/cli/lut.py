@@ -173,9 +173,7 @@ def interp_check(
     """Interpolation error of a grid LUT on held-out off-grid ops measured directly (MAPE)."""
     from fbprof.errors import InputError
     from fbprof.lut.interp import check_interpolation
-    from fbprof.lut.table import read_lut
-
-    from fbprof.lut.table import IDENTITY_FIELDS
+    from fbprof.lut.table import IDENTITY_FIELDS, read_lut
 
     g, h = read_lut(grid), read_lut(heldout)
     # compared as stored, the rows must have been measured alike; measured again (--remeasure), the same device
