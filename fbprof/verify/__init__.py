@@ -73,12 +73,15 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     for m in mismatch:
         lis.on_note(f"the LUT was measured differently: {m}")
     row_keys: list[str] = []
+    reads: dict[str, list[str]] = {}  # per network, the LUT rows its prediction reads (with --same-run-rows)
+    how: dict[str, str] = {}  # how those rows are measured here and were in the LUT
     if req.same_run_rows:
         taken = [a.name for a in plan.archs if a.name.startswith(ROW_PREFIX)]
         if taken:
             raise InputError(f"network {taken[0]!r}: names starting with {ROW_PREFIX!r} name the LUT rows measured with "
                              "--same-run-rows; rename the network")
-        row_keys = sorted({k for a in plan.archs for k in rows_read(a, plan.lut)})
+        reads = {a.name: rows_read(a, plan.lut) for a in plan.archs}
+        row_keys = sorted({k for ks in reads.values() for k in ks})
         how = _how_measured(req, plan)
         if how["rows"] != how["lut"]:
             lis.on_note(f"the LUT rows are measured here by {how['rows']}, the LUT's by {how['lut']}: their now/LUT "
@@ -141,7 +144,7 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
             r.note = "; ".join(notes.get(a.name, []))
             if any(n.startswith("output") for n in notes.get(a.name, [])):
                 r.status = INVALID
-        if same_run_lut is not None and all(k in rows_now for k in rows_read(a, plan.lut)):
+        if same_run_lut is not None and all(k in rows_now for k in reads[a.name]):
             r.same_run_us = predict(a, same_run_lut).total_us
         results.append(r)
     good = [r for r in results if r.status != INVALID]
@@ -173,7 +176,7 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     summary = summarize(plan, req, results, noise, cal, source, fit_report, failed,
                        {"export_s": round(export_s, 1), "measure_s": round(measure_s, 1),
                         "total_s": round(time.perf_counter() - t0, 1)}, mismatch,
-                        same_run_rows(plan.lut, rows_now, rows_failed, row_notes, _how_measured(req, plan)) if req.same_run_rows else None)
+                        same_run_rows(plan.lut, rows_now, rows_failed, row_notes, how) if req.same_run_rows else None)
     if cal is not None and source == "fitted" and req.store:
         info = {"fitted_on": summary["counts"]["calibration"], "seed": req.seed, "rounds": req.rounds,
                 "held_out": {k: summary["calibrated"]["held_out"].get(k) for k in ("n", "mape_pct", "within_5_pct", "within_10_pct")},
