@@ -2,7 +2,8 @@
 
 Prints, from one run on this machine:
   (a) wall time of a whole cold build (fresh artifact cache) / time spent inside measuring loops
-      (goal <= 1.5: export and setup must not dominate), and the same ratio with a warm artifact cache;
+      (goal <= 1.5: export and setup must not dominate), the CPU time it took (the command and its export
+      workers: how busy it kept the cores), and the same ratio with a warm artifact cache;
   (b) wall time of a second `fbprof measure` with every row already present (goal < 3 s);
   (c) how much the cold build's medians (measured while exports ran on the other cores) differ from the
       warm build's (measured with no export running): a check that overlapping does not add noise;
@@ -30,6 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None  # type: ignore[assignment]
+
 SUMMARY = re.compile(r"measured (\d+), reused (\d+); ([\d.]+) s wall \(([\d.]+) s export, ([\d.]+) s in measuring loops\)")
 
 
@@ -43,15 +49,20 @@ def build(args: argparse.Namespace, out: Path, cache: Path, *extra: str) -> dict
            "--out", str(out), "--cache-dir", str(cache), "--workers", str(args.workers), "-q", *extra]
     if args.backend == "onnxruntime":
         cmd += ["--onnx-exporter", args.onnx_exporter]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN) if resource else None
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    cpu = None
+    if resource:  # the command and its export workers (reaped before it exits)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
     text = " ".join(res.stdout.split())
     m = SUMMARY.search(text)
     if res.returncode not in (0, 1) or not m:
         sys.exit(f"fbprof measure failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return {"wall_s": wall, "measured": int(m[1]), "reused": int(m[2]), "inner_wall_s": float(m[3]),
-            "export_s": float(m[4]), "loop_s": float(m[5]), "command": " ".join(cmd)}
+            "export_s": float(m[4]), "loop_s": float(m[5]), "cpu_s": cpu, "command": " ".join(cmd)}
 
 
 THROUGHPUT = r"""
@@ -151,6 +162,8 @@ def builds(args: argparse.Namespace) -> dict:
         "backend": args.backend, "onnx_exporter": args.onnx_exporter if args.backend == "onnxruntime" else None, "space": args.space, "ops": cold["measured"],
         "cold_wall_s": round(cold["wall_s"], 2), "cold_export_s": cold["export_s"], "cold_loop_s": cold["loop_s"],
         "cold_ratio_wall_over_loop": round(cold["wall_s"] / cold["loop_s"], 3),
+        "cold_cpu_s": round(cold["cpu_s"], 1) if cold["cpu_s"] is not None else None, "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "warm_cache_wall_s": round(warm["wall_s"], 2), "warm_cache_loop_s": warm["loop_s"],
         "warm_cache_ratio_wall_over_loop": round(warm["wall_s"] / warm["loop_s"], 3),
         "noop_rerun_wall_s": round(noop["wall_s"], 2), "noop_rerun_measured": noop["measured"],
@@ -160,6 +173,9 @@ def builds(args: argparse.Namespace) -> dict:
     print(f"LUT build, {res['ops']} ops, backend {args.backend}, space {args.space}")
     print(f"(a) cold build: {res['cold_wall_s']:.1f} s wall, {res['cold_export_s']:.1f} s export, "
           f"{res['cold_loop_s']:.1f} s in measuring loops -> wall/loop = {res['cold_ratio_wall_over_loop']:.2f} (goal <= 1.5)")
+    if res["cold_cpu_s"] is not None:
+        print(f"    CPU time of the cold build (command and export workers): {res['cold_cpu_s']:.1f} s of "
+              f"{res['cores']} cores x {res['cold_wall_s']:.1f} s wall = {res['cold_cpu_s'] / (res['cores'] * res['cold_wall_s']):.0%} busy")
     print(f"    warm artifact cache (--remeasure): wall/loop = {res['warm_cache_ratio_wall_over_loop']:.2f}")
     print(f"(b) second run, every row present: {res['noop_rerun_wall_s']:.2f} s wall, "
           f"{res['noop_rerun_measured']} measured (goal < 3 s)")

@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator, Protocol
 from fbprof.errors import MeasurementError, MissingExtraError
 from fbprof.lut.table import TIMED
 
-__all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env", "reuse_export_setup"]
+__all__ = ["Backend", "Session", "dist_version", "quiet", "silent", "temporary_env", "reuse_export_setup",
+           "fold_batchnorm"]
 
 
 class Session(Protocol):
@@ -79,13 +80,15 @@ class Backend:
     module: ModuleType = field(repr=False, compare=False)
     batch: int = 1  # ops converted together by the module's export_batch (1: it has none)
     timed: str = TIMED  # what one timed call runs: the LUT header's ``timed`` field (docs/lut-format.md)
+    fold_bn: bool = False  # BN folded into the conv before converting (:func:`fold_batchnorm`)
 
     @classmethod
     def of(cls, module: ModuleType) -> "Backend":
         s = module.SPEC
         return cls(s["name"], s["format"], s["suffix"], tuple(s.get("aliases", ())), s.get("extra"), s["runtime_module"],
                    s["converter_module"], s["denormals"], s["description"], bool(s.get("local", True)), module,
-                   int(s.get("batch", 1)) if hasattr(module, "export_batch") else 1, s.get("timed", TIMED))
+                   int(s.get("batch", 1)) if hasattr(module, "export_batch") else 1, s.get("timed", TIMED),
+                   bool(s.get("fold_bn", False)))
 
     # -- export ------------------------------------------------------------------------------------
     def converter_version(self) -> str:
@@ -100,6 +103,18 @@ class Backend:
         except ImportError:
             raise MissingExtraError(f"exporting to {self.format}", self.extra or "all", self.converter_module) from None
         return self.module.export
+
+    def require_exporter(self) -> None:
+        """Raise :class:`MissingExtraError` when the converter is not installed, without importing it (seconds:
+        ``litert_torch`` takes ~6 s, which a process that only hands the conversions to workers never needs)."""
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(self.converter_module) is not None
+        except (ImportError, ValueError):  # a parent package missing or broken
+            found = False
+        if not found:
+            raise MissingExtraError(f"exporting to {self.format}", self.extra or "all", self.converter_module)
 
     # -- local runtime -----------------------------------------------------------------------------
     def runtime_version(self) -> str:
@@ -262,6 +277,40 @@ class _MemoCallableMeta(type):
 
 class _MemoCallable(metaclass=_MemoCallableMeta):
     pass
+
+
+def fold_batchnorm(module: Any) -> Any:
+    """A copy of ``module`` (eval mode) in which every ``Conv2d`` directly followed by a ``BatchNorm2d`` in an
+    ``nn.Sequential`` is one conv with the BN folded into its weight and bias (``fuse_conv_bn_eval``), the BN
+    replaced by ``nn.Identity``. The original is untouched.
+
+    What a backend converts when its SPEC says ``fold_bn``: its converter folds those BNs anyway (LiteRT,
+    XNNPACK's partitioner, ONNX Runtime's graph optimizer), so the model it runs has the same ops, while
+    every BN no longer passes through the converter's decompositions and tracing (fewer nodes: about half
+    the conversion time of an FBNet op, docs/formats.md)."""
+    import copy
+
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def plain(m: Any) -> bool:  # no hooks that an Identity in its place would drop
+        return not (m._forward_hooks or m._forward_pre_hooks)
+
+    mods = list(module.modules())
+    if any(m.training for m in mods) or not any(type(m) is torch.nn.BatchNorm2d for m in mods):
+        return module  # a training-mode BN normalises with batch statistics: nothing to fold
+    folded = copy.deepcopy(module)
+    for seq in folded.modules():
+        if type(seq) is not torch.nn.Sequential:  # a subclass may have its own forward
+            continue
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (type(conv) is torch.nn.Conv2d and type(bn) is torch.nn.BatchNorm2d and bn.track_running_stats
+                    and plain(conv) and plain(bn)):
+                seq._modules[a] = fuse_conv_bn_eval(conv, bn)
+                seq._modules[b] = torch.nn.Identity()
+    return folded
 
 
 def batch_module(modules: list) -> Any:

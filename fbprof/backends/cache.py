@@ -2,8 +2,10 @@
 
 :func:`export_module` runs a backend's exporter on a torch module into a cache folder atomically and
 records torch's output for the example input beside the model file. The cache key hashes (key, format,
-converter version, torch version, builder version, options), so a cached artifact is reused only when
-it would be rebuilt identically. :func:`export_jobs` exports what the cache lacks, in spawned workers
+converter version, torch version, builder version, BN folding, options), so a cached artifact is reused
+only when it would be rebuilt identically. A backend whose SPEC says ``fold_bn`` converts the module with
+its BNs folded into the convs (:func:`fbprof.backends.base.fold_batchnorm`); torch's output recorded beside
+the model, which the export is checked against, is still the original module's. :func:`export_jobs` exports what the cache lacks, in spawned workers
 when asked; what each job builds is the caller's (ops and whole networks: :mod:`fbprof.profiler.export`).
 """
 
@@ -14,21 +16,20 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 from fbprof.artifact import Artifact, to_layout
 from fbprof.backends import backend_for_format
-from fbprof.backends.base import dist_version
+from fbprof.backends.base import dist_version, fold_batchnorm
 from fbprof.errors import MeasurementError, MissingExtraError
 from fbprof.fileio import cache_dir
 from fbprof.spec import BUILDER_VERSION
 
 __all__ = ["ArtifactCache", "default_cache_dir", "export_module", "export_modules", "ExportJob", "export_jobs",
-           "export_stream", "exports_paused", "worker_placements"]
+           "export_stream", "measuring_alone", "worker_placements"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -46,10 +47,13 @@ class ArtifactCache:
     def digest(self, key: str, fmt: str, options: dict) -> str:
         # torch's version from its package metadata (as in LUT headers): a lookup of cached artifacts never
         # imports torch (seconds), so a warm-cache run that only measures does without it
+        be = backend_for_format(fmt)
         ident = {
-            "key": key, "format": fmt, "converter": backend_for_format(fmt).converter_version(), "torch": dist_version("torch"),
+            "key": key, "format": fmt, "converter": be.converter_version(), "torch": dist_version("torch"),
             "builder": BUILDER_VERSION, "options": options,
         }
+        if be.fold_bn:  # only then: other backends' cached artifacts keep their keys
+            ident["prep"] = "fold-bn"
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:32]
 
     def folder(self, key: str, fmt: str, options: dict) -> Path:
@@ -100,7 +104,7 @@ def export_module(module, example, key: str, fmt: str, folder: Path, options: di
     try:
         model_path = tmp / f"model{exp.suffix}"
         try:
-            layout = fn(module, example, model_path, options)
+            layout = fn(fold_batchnorm(module) if exp.fold_bn else module, example, model_path, options)
         except MissingExtraError:
             raise
         except Exception as e:  # converter failures carry the op key
@@ -156,7 +160,8 @@ def export_modules(items: list[tuple], fmt: str, options: dict | None = None) ->
         stages = [_stage(folder) for _, _, _, folder in items]
         try:
             paths = [tmp / f"model{exp.suffix}" for tmp in stages]
-            layouts = batch_fn([m for m, *_ in items], [x for _, x, *_ in items], paths, options)
+            layouts = batch_fn([fold_batchnorm(m) if exp.fold_bn else m for m, *_ in items], [x for _, x, *_ in items],
+                               paths, options)
             for (module, example, key, folder), tmp, path, layout in zip(items, stages, paths, layouts):
                 out[key] = _settle(module, example, key, fmt, tmp, folder, path, layout, options)
         except MissingExtraError:
@@ -177,14 +182,11 @@ def export_modules(items: list[tuple], fmt: str, options: dict | None = None) ->
 
 def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None = None) -> None:
     """Spawned export worker: one torch thread, killed with its parent (Linux); its cores from
-    ``placements`` (``(cores or None, shared)`` per worker, taken in start order). A ``shared`` worker runs
-    on the measuring cores: it records its pid in ``shared_pids``, and :func:`exports_paused` stops it
-    while a measurement runs."""
-    import torch
-
-    torch.set_num_threads(1)
+    ``placements`` (``(cores or None, shared)`` per worker, taken in start order), set before torch is
+    imported. A ``shared`` worker may use the measuring cores: it records its pid in ``shared_pids``, and
+    :func:`measuring_alone` moves it off them while a measurement runs."""
     if parent is not None:
-        _die_with_parent(parent)  # a stopped or busy worker never outlives us
+        _die_with_parent(parent)  # a busy worker never outlives us
     cores, shared = None, False
     if slot is not None and placements:
         with slot.get_lock():
@@ -198,6 +200,9 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
             os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+    import torch
+
+    torch.set_num_threads(1)
     import atexit
 
     atexit.register(_exit_now)  # registered last, so it runs first when the worker exits
@@ -215,45 +220,50 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-#: pids of this process's export workers that share the measuring cores (see exports_paused)
+#: this process's export workers that may use the measuring cores: (pids, cores while measuring, cores otherwise)
+#: per running stream (see measuring_alone)
 _SHARED_WORKERS: list = []
 
 
 @contextlib.contextmanager
-def exports_paused() -> Iterator[None]:
-    """Stop the export workers that run on the measuring cores for the duration of one measurement
-    (SIGSTOP, then SIGCONT): they use those cores only while measuring waits for an artifact."""
-    pids = [int(p) for arr in _SHARED_WORKERS for p in arr[:] if p] if hasattr(signal, "SIGSTOP") else []
-    stopped = []
+def measuring_alone() -> Iterator[None]:
+    """For the duration of one measurement, move the export workers that may use the measuring cores onto the
+    other cores (``sched_setaffinity``; back to every core after): the measuring cores run only the
+    measurement, and the conversions go on beside the other workers. Until 2026-12-02 they were stopped
+    (SIGSTOP) instead: then a worker held its batch while measurement went on, and at the end of a build one
+    core sat idle while the other measured the last batches (a timeline of a cold LiteRT build: the last
+    ~15 s of ~75 s at 50% busy)."""
+    moves = [(int(p), away, home) for arr, away, home in _SHARED_WORKERS for p in arr[:] if p]
+    moved = []
     try:
-        for pid in pids:
+        for pid, away, home in moves:
             try:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-            except OSError:
+                os.sched_setaffinity(pid, away)
+                moved.append((pid, home))
+            except OSError:  # it exited
                 pass
         yield
     finally:
-        for pid in stopped:
+        for pid, home in moved:
             try:
-                os.kill(pid, signal.SIGCONT)
+                os.sched_setaffinity(pid, home)
             except OSError:
                 pass
 
 
 def worker_placements(workers: int, avoid_cores: set[int] | None) -> list[tuple[tuple[int, ...] | None, bool]]:
     """Where ``workers`` export processes run while this process measures on ``avoid_cores``: on the other
-    cores (at most one per core), the rest on ``avoid_cores``, paused while a measurement runs
-    (``shared``). Without cores to avoid (or none left over), anywhere."""
+    cores (at most one per core); the rest (``shared``) on every core while the caller waits for an
+    artifact, moved off ``avoid_cores`` while it measures (:func:`measuring_alone`). Without cores to avoid
+    (or none left over), anywhere."""
     if not avoid_cores or not hasattr(os, "sched_getaffinity"):
         return [(None, False)] * workers
     allowed = set(os.sched_getaffinity(0))
     free = tuple(sorted(allowed - set(avoid_cores)))
-    busy = tuple(sorted(allowed & set(avoid_cores)))
-    if not free or not busy:
+    if not free or not allowed & set(avoid_cores):
         return [(None, False)] * workers
     normal = min(workers, len(free))
-    return [(free, False)] * normal + [(busy, True)] * (workers - normal)
+    return [(free, False)] * normal + [(tuple(sorted(allowed)), True)] * (workers - normal)
 
 
 @dataclass(frozen=True)
@@ -271,7 +281,9 @@ class ExportJob:
     batch_target: Callable[..., dict] | None = None
 
 
-#: batch sizes of a run's first conversions (then the last one repeats): small first, so measuring starts early
+#: batch sizes of a run's first conversions (then the backend's batch repeats): small first, so measuring
+#: starts early; the last conversions shrink the same way (a big last batch would leave one core idle while it
+#: converts, and the other while its ops are measured)
 RAMP = (2, 4)
 
 
@@ -288,6 +300,17 @@ def _units(todo: list[ExportJob], batch: int) -> list[list[ExportJob]]:
             unit.append(todo[i + len(unit)])
         units.append(unit)
         i += len(unit)
+    if len(units) > len(RAMP) + 1 and batch > sum(RAMP):  # ramp down: the last two conversions' jobs, ..., 4, 2
+        tail = units[-2] + units[-1]
+        if len(units[-2]) == batch and units[-1][0].batch_target is units[-2][0].batch_target:
+            rest = len(tail) - sum(RAMP)  # at least batch + 1 - 6: never a lone conversion
+            parts = -(-rest // batch)
+            sizes = [rest // parts + (k < rest % parts) for k in range(parts)] + list(reversed(RAMP))
+            del units[-2:]
+            at = 0
+            for size in sizes:
+                units.append(tail[at:at + size])
+                at += size
     return units
 
 
@@ -309,12 +332,14 @@ def export_stream(
     batch: int | None = None,
     avoid_cores: set[int] | None = None,
 ) -> Iterator[tuple[str, Artifact | MeasurementError]]:
-    """``(name, artifact or error)`` for every job, in the jobs' order, as soon as each is ready.
+    """``(name, artifact or error)`` for every job, as soon as each is ready: in the jobs' order when everything
+    is exported in this process; with workers, the cached ones first, then each batch as its conversion
+    finishes (so measuring never waits on one batch while another is done).
 
     What the cache lacks is exported in batches of up to ``batch`` jobs (default: the backend's
     ``SPEC["batch"]``) by ``workers`` spawned processes that live for the whole stream and work ahead
-    while the caller uses what is ready (placed by :func:`worker_placements`: those on ``avoid_cores``
-    stop while the caller measures inside :func:`exports_paused`).
+    while the caller uses what is ready (placed by :func:`worker_placements`: those that may use
+    ``avoid_cores`` leave them while the caller measures inside :func:`measuring_alone`).
     With one worker or one batch, everything is exported in this process before the first is yielded.
     Failures are yielded, not raised."""
     options = dict(options or {})
@@ -328,9 +353,8 @@ def export_stream(
             todo.append(job)
     be = backend_for_format(fmt) if todo else None
     if be is not None:
-        be.exporter()  # a missing extra is an error for the whole run
+        be.require_exporter()  # a missing extra is an error for the whole run (workers import the converter)
     units = _units(todo, be.batch if batch is None and be is not None else (batch or 1))
-    unit_of = {job.name: k for k, unit in enumerate(units) for job in unit}
     root = str(cache.root)
     results: dict[str, Artifact | MeasurementError] = {}
 
@@ -361,35 +385,47 @@ def export_stream(
         shared = ctx.Array("i", len(places))
         pool = ProcessPoolExecutor(max_workers=len(places), mp_context=ctx, initializer=_worker_init,
                                    initargs=(ctx.Value("i", 0), places, shared, os.getpid()))
-        _SHARED_WORKERS.append(shared)  # registered only once the pool exists; removed below, however this ends
+        away = tuple(sorted({c for cores, is_shared in places if cores and not is_shared for c in cores}))
+        home = tuple(sorted({c for cores, is_shared in places if cores and is_shared for c in cores}))
+        entry = (shared, away, home)
+        _SHARED_WORKERS.append(entry)  # registered only once the pool exists; removed below, however this ends
         try:
             futures = [pool.submit(_run_unit, unit, fmt, root, options) for unit in units]
         except BaseException:
-            _SHARED_WORKERS.remove(shared)
+            _SHARED_WORKERS.remove(entry)
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     else:  # in this process: everything first, as nothing could overlap with the caller's measuring
         for unit in units:
             settle(unit, lambda unit=unit: _run_unit(unit, fmt, root, options))
+    def ready() -> Iterator[ExportJob]:
+        """The jobs in the order they can be used: in the jobs' order, or, with workers, what the cache holds
+        first, then each conversion's jobs as it finishes (the earliest-submitted of those already done
+        first), so the caller never waits on one batch while another is ready."""
+        if pool is None:
+            yield from jobs
+            return
+        yield from (job for job in jobs if job.name in hits)
+        pending = set(range(len(units)))
+        while pending:
+            done = [k for k in pending if futures[k].done()]
+            if not done:
+                wait([futures[k] for k in pending], return_when=FIRST_COMPLETED)
+                continue
+            k = min(done)
+            pending.discard(k)
+            settle(units[k], futures[k].result)
+            yield from units[k]
+
     try:
-        for job in jobs:
-            if job.name in hits:
-                art: Artifact | MeasurementError = hits[job.name]
-            else:
-                if job.name not in results:
-                    k = unit_of[job.name]
-                    settle(units[k], futures[k].result)
-                art = results.pop(job.name)
+        for job in ready():
+            art: Artifact | MeasurementError = hits[job.name] if job.name in hits else results.pop(job.name)
             if on_done:
                 on_done(job.name)
             yield job.name, art
     finally:
         if pool is not None:
-            _SHARED_WORKERS.remove(shared)
-            for pid in shared[:]:
-                if pid:
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGCONT)
+            _SHARED_WORKERS.remove(entry)
             pool.shutdown(wait=True, cancel_futures=True)
 
 

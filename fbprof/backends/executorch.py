@@ -25,6 +25,7 @@ SPEC = {
     "description": "ExecuTorch runtime, XNNPACK partitioned .pte",
     "local": True,
     "batch": 8,  # ops per lowering (export_batch)
+    "fold_bn": True,  # the runtime folds them too: same ops run (tests/test_export.py), half the conversion time
     # one timed call: ExecuTorchMethod.execute() on inputs set once (before 2026-12-02 its invoke was
     # Method.execute(inputs), which also copied the input in and cloned the output: 6-141 us per FBNet op)
     "timed": "invoke/2",
@@ -345,6 +346,19 @@ class ExecuTorchSession:
     def _give_back(self) -> None:
         self.torch.set_num_threads(self._torch_threads_before)
         _POOL.give_back()
+
+
+def runtime_ops(path) -> tuple:
+    """What the runtime runs: the program's non-delegated operators, its delegates (by backend id) and the
+    kinds of its instructions (for comparing two exports of one op; a delegate's payload is opaque)."""
+    from pathlib import Path
+
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    prog = deserialize_pte_binary(Path(path).read_bytes())
+    plan = getattr(prog, "program", prog).execution_plan[0]
+    return (sorted(o.name for o in plan.operators), [d.id for d in plan.delegates],
+            [[type(i.instr_args).__name__ for i in c.instructions] for c in plan.chains])
 
 
 def open_session(model_path: str, x, threads: int) -> ExecuTorchSession:

@@ -26,6 +26,7 @@ SPEC = {
     "description": "LiteRT (TFLite) interpreter, XNNPACK delegate",
     "local": True,
     "batch": 8,  # ops per conversion (export_batch)
+    "fold_bn": True,  # the runtime folds them too: same ops run (tests/test_export.py), half the conversion time
 }
 
 
@@ -219,6 +220,11 @@ class LiteRTSession:
 
 def open_session(model_path: str, x, threads: int) -> LiteRTSession:
     return LiteRTSession(model_path, x, threads)
+
+
+def runtime_ops(path) -> list[str]:
+    """What the interpreter runs (for comparing two exports of one op): :func:`tflite_ops`."""
+    return tflite_ops(path)
 
 
 def tflite_ops(path) -> list[str]:

@@ -20,6 +20,7 @@ SPEC = {
     "description": "ONNX Runtime, CPU execution provider",
     "local": True,
     "batch": 8,  # ops per dynamo export (export_batch)
+    "fold_bn": True,  # the runtime folds them too: same ops run (tests/test_export.py), half the conversion time
 }
 
 
@@ -170,19 +171,45 @@ def split_graph(model, i: int):
     return out
 
 
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
+    if threads == 1:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def runtime_ops(path) -> list[tuple[str, int]]:
+    """What a session runs: node types (with counts) of the graph after ONNX Runtime's optimisations, with
+    the session settings a measurement uses (for comparing two exports of one op)."""
+    import collections
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="fbprof-ort-") as tmp:
+        so = _session_options(1)
+        so.log_severity_level = 3  # its warning that the optimized file is machine-specific
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        graph = onnx.load(so.optimized_model_filepath).graph
+    return sorted(collections.Counter(n.op_type for n in graph.node).items())
+
+
 class OnnxRuntimeSession:
     def __init__(self, model_path: str, x, threads: int) -> None:
         import numpy as np
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.set_denormal_as_zero", "1")
-        if threads == 1:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so = _session_options(threads)
         self.sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
         self.feed = {self.sess.get_inputs()[0].name: np.ascontiguousarray(x, dtype=np.float32)}
         # invoke: input and output bound once (I/O binding), so a timed call neither converts the input nor

@@ -22,7 +22,7 @@ from fbprof import __version__
 from fbprof.artifact import Artifact, check_output
 from fbprof.backends import get_backend
 from fbprof.backends.base import dist_version
-from fbprof.backends.cache import ArtifactCache, exports_paused
+from fbprof.backends.cache import ArtifactCache, measuring_alone
 from fbprof.devices.base import Device, DeviceResult
 from fbprof.errors import InputError, MeasurementError
 from fbprof.fileio import LockHeld, OutputLock, WriteError
@@ -352,24 +352,24 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
             stream = iter([(s.key, artifacts[s.key]) for s in todo])
         if not req.paired:
             export_s = time.perf_counter() - t0  # then: time spent waiting for the next export
-        for i, spec in enumerate(todo):
+        for i in range(len(todo)):  # in the order the artifacts are ready (export_stream)
             t0 = time.perf_counter()
-            art = next(stream)[1]
+            key, art = next(stream)
             export_s += time.perf_counter() - t0
             if isinstance(art, MeasurementError):
-                failed[spec.key] = art.message
-                lis.on_note(f"{spec.key}: {art.message}")
+                failed[key] = art.message
+                lis.on_note(f"{key}: {art.message}")
                 continue
-            lis.on_row_start(spec.key, i, len(todo))
+            lis.on_row_start(key, i, len(todo))
             if retries is not None:  # one attempt now; a noisy row is measured again a few rows later
-                retries.first(spec.key, art)
+                retries.first(key, art)
                 retries.due()
                 continue
             try:
-                with exports_paused():  # export workers sharing the measuring core wait
-                    row = _measure_one(req, spec.key, art, lis)
+                with measuring_alone():  # export workers that may use the measuring core leave it
+                    row = _measure_one(req, key, art, lis)
             except MeasurementError as e:
-                fail(spec.key, e.message)
+                fail(key, e.message)
                 continue
             done(row[0], row[1])
         if retries is not None:
@@ -419,7 +419,7 @@ class _Retries:
     def _attempt(self, n: _Noisy) -> None:
         req = self.req
         try:
-            with exports_paused():  # export workers sharing the measuring core wait
+            with measuring_alone():  # export workers that may use the measuring core leave it
                 a, output = req.device.measure_once(n.art, req.backend, req.loop, req.threads)
         except MeasurementError as e:
             self.fail(n.key, e.message)
