@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         s = open_session(str(art.path), art.input, 1)
         try:
             s.invoke()  # first, on the fresh session: what the timed call computes, against torch
-            same = bool(np.allclose(s._bound.get_outputs(clone_outputs=True)[0].numpy(), art.expected, atol=1e-3))
+            same = bool(np.allclose(s.method.get_outputs(clone_outputs=True)[0].numpy(), art.expected, atol=1e-3))
             ref = s.run()
-            calls = {"execute(inputs)": lambda: s.method.execute(s.inputs), "execute() on inputs set once": s.invoke}
+            calls = {"execute(inputs)": lambda: s.method(s.inputs), "execute() on inputs set once": s.invoke}
             samples: dict[str, list[float]] = {k: [] for k in calls}
             for _ in range(args.iters):
                 for name in rng.sample(list(calls), len(calls)):

@@ -662,6 +662,32 @@ def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
         assert "output not checked" not in row.note and row.median_us > 0
 
 
+def test_measuring_an_executorch_program_does_not_import_its_compiler(cache, tmp_path):
+    """Opening a session loads the runtime binding only: ``executorch.exir`` (the compiler, ~5 s to import)
+    stays out of a process that only measures, and the program computes torch's output."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from fbprof.profiler.export import export_op
+
+    art = export_op(OpSpec.parse("k3_e1:16x8x8:16:s1"), "pte", cache)
+    np.save(tmp_path / "x.npy", art.input)
+    np.save(tmp_path / "want.npy", art.expected)
+    code = ("import sys, numpy as np\n"
+            "from fbprof.backends.executorch import open_session\n"
+            "s = open_session(sys.argv[1], np.load(sys.argv[2]), 1)\n"
+            "s.invoke()\n"
+            "np.testing.assert_allclose(s.run(), np.load(sys.argv[3]), atol=1e-3)\n"
+            "s.close()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('executorch.exir')))\n")
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-c", code, str(art.path), str(tmp_path / "x.npy"), str(tmp_path / "want.npy")],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_executorch_invoke_runs_on_inputs_set_once(cache):
     """The timed call (``invoke``) executes the method on the inputs set when the session opened, without copying
     them in or cloning outputs; what it computes is what ``run`` (inputs passed, output cloned) returns."""
@@ -673,7 +699,7 @@ def test_executorch_invoke_runs_on_inputs_set_once(cache):
     try:  # invoke first, on a fresh session: only the inputs set when it opened can make this output
         for _ in range(3):
             s.invoke()
-        out = s._bound.get_outputs(clone_outputs=True)[0].numpy()
+        out = s.method.get_outputs(clone_outputs=True)[0].numpy()
         assert out.shape == art.expected.shape and float(np.abs(out).max()) > 0
         np.testing.assert_allclose(out, art.expected, atol=1e-3)
         np.testing.assert_array_equal(s.run(), out)

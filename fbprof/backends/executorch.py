@@ -256,13 +256,31 @@ def _op_program(edge, i: int, input_name: str):
     return EdgeProgramManager({"forward": single}, compile_config=edge.compile_config)
 
 
+def runtime_binding() -> object:
+    """ExecuTorch's runtime binding (the compiled module behind ``executorch.runtime``).
+
+    ``executorch.runtime`` reaches it through ``portable_lib``, which imports ``executorch.exir._warnings`` for a
+    warning class, and with it the whole compiler package ``executorch.exir``: ~5 s per process (6.8 s against
+    1.8 s for torch alone here), paid by every run that only measures. The binding itself needs torch's
+    libraries loaded first, nothing else; ``portable_lib`` is used when the binding is not where it is in
+    ExecuTorch 1.x."""
+    import importlib
+
+    importlib.import_module("torch")  # the binding links against torch's libraries
+
+    try:
+        from executorch.extension.pybindings import _C as binding
+    except ImportError:
+        from executorch.extension.pybindings import portable_lib as binding
+    return binding
+
+
 def xnnpack_threads(threads: int | None = None) -> int:
     """Set ExecuTorch's XNNPACK thread pool to ``threads`` (None: leave it); returns the count now in use
     (-1: unknown)."""
-    from executorch.extension.pybindings import portable_lib
-
-    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
-    count = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    binding = runtime_binding()
+    reset = getattr(binding, "_unsafe_reset_threadpool", None)
+    count = getattr(binding, "_threadpool_get_thread_count", None)
     if threads is not None and reset is not None and (count is None or count() != threads):
         reset(int(threads))
     return int(count()) if count is not None else -1
@@ -304,43 +322,44 @@ class ExecuTorchSession:
 
         import numpy as np
         import torch
-        from executorch.runtime import Runtime, Verification
 
         from fbprof.backends.base import dist_version
         from fbprof.errors import MeasurementError
 
+        binding = runtime_binding()
         self.torch = torch
         self.method = None
         self._torch_threads_before = torch.get_num_threads()
         self.threads = _POOL.take(threads)  # given back on close (or a failed open)
         try:
             torch.set_num_threads(int(threads))
-            program = Runtime.get().load_program(Path(model_path), verification=Verification.Minimal)
-            method = program.load_method("forward")
-            if method is None:
+            # what executorch.runtime's Runtime.load_program(path, verification=Minimal) does, on the binding
+            program = binding._load_program(str(model_path), enable_etdump=False, debug_buffer_size=0,
+                                            program_verification=binding.Verification.Minimal)
+            if "forward" not in {program.get_method_name(i) for i in range(program.num_methods())}:
                 raise ValueError(f"{Path(model_path).name} has no forward method")
+            method = program.load_method("forward")
             self.inputs = [torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))]
-            # the binding's method: inputs set once, then execute() alone (``Method.execute(inputs)`` copies the
-            # input in and clones every output on each call, which a layer inside a network does not pay)
-            bound = getattr(method, "_method", None)
-            if bound is None or not hasattr(bound, "set_inputs"):
-                raise MeasurementError(f"executorch {dist_version('executorch')}: its runtime Method has no binding "
-                                       "with set_inputs/execute; fbprof times ExecuTorch 1.x's")
-            bound.set_inputs(self.inputs)
+            # inputs set once, then execute() alone (``method(inputs)``, what ``Method.execute(inputs)`` runs, copies
+            # the input in and clones every output on each call, which a layer inside a network does not pay)
+            if not (hasattr(method, "set_inputs") and hasattr(method, "execute")):
+                raise MeasurementError(f"executorch {dist_version('executorch')}: its runtime Method has no "
+                                       "set_inputs/execute; fbprof times ExecuTorch 1.x's")
+            method.set_inputs(self.inputs)
         except Exception:
             self._give_back()
             raise
-        self.program, self.method, self._bound = program, method, bound
+        self.program, self.method = program, method
 
     def invoke(self) -> None:
-        self._bound.execute()
+        self.method.execute()
 
     def run(self):
-        return self.method.execute(self.inputs)[0].numpy()
+        return self.method(self.inputs)[0].numpy()
 
     def close(self) -> None:
         if self.method is not None:
-            self.method = self.program = self._bound = None
+            self.method = self.program = None
             self._give_back()
 
     def _give_back(self) -> None:
