@@ -53,10 +53,14 @@ class MissingExtraError(FbprofError):
     exit_code = 3
 
     def __init__(self, what: str, extra: str, module: str) -> None:
+        self.args_ = (what, extra, module)
         super().__init__(
             f"{what} needs the Python package {module!r}, which is not installed",
             hint=f"pip install 'fbprof[{extra}]'",
         )
+
+    def __reduce__(self):  # rebuilt whole in the process that started an export worker (pickle)
+        return type(self), self.args_
 
 
 class DeviceError(FbprofError):

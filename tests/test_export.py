@@ -173,6 +173,19 @@ def test_missing_runtime_names_the_pip_command(backend, extra, monkeypatch, tmp_
         LocalDevice(pin=False).open_session(art, backend, 1)
 
 
+def test_a_missing_extra_error_crosses_a_process_boundary_whole():
+    """An export worker that cannot import its converter raises MissingExtraError; the process that started
+    it must get that error back (pickle), not a broken pool."""
+    import pickle
+
+    from fbprof.errors import MissingExtraError
+
+    err = MissingExtraError("exporting to tflite", "tflite", "litert_torch")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is MissingExtraError and str(back) == str(err) and back.hint == err.hint
+    assert back.exit_code == 3
+
+
 def test_cli_export_missing_extra_exits_3(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
@@ -621,14 +634,17 @@ def test_workers_that_may_use_the_measuring_cores_leave_them_while_measuring():
     from fbprof.backends import cache as cache_mod
 
     cores = sorted(os.sched_getaffinity(0))
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child = subprocess.Popen([sys.executable, "-c", "import threading, time\n"
+                              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+                              "print('ready', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline().strip() == "ready"
+        threads = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")] if os.path.isdir("/proc") else [child.pid]
         away, home = tuple(cores[:1]), tuple(cores)
-        os.sched_setaffinity(child.pid, home)
         cache_mod._SHARED_WORKERS.append(([child.pid, 0], away, home))
-        with cache_mod.measuring_alone():
-            assert os.sched_getaffinity(child.pid) == set(away)  # off the measuring cores, still running
-        assert os.sched_getaffinity(child.pid) == set(home)
+        with cache_mod.measuring_alone():  # every thread off the measuring cores, still running
+            assert all(os.sched_getaffinity(t) == set(away) for t in threads)
+        assert all(os.sched_getaffinity(t) == set(home) for t in threads)
         child.kill()
         child.wait()
         with cache_mod.measuring_alone():  # a worker that exited is skipped

@@ -187,19 +187,19 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
     :func:`measuring_alone` moves it off them while a measurement runs."""
     if parent is not None:
         _die_with_parent(parent)  # a busy worker never outlives us
-    cores, shared = None, False
+    cores, shared, i = None, False, -1
     if slot is not None and placements:
         with slot.get_lock():
             i = slot.value
             slot.value += 1
         cores, shared = placements[i % len(placements)]
-        if shared and shared_pids is not None and i < len(shared_pids):
-            shared_pids[i] = os.getpid()
     if hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, cores or range(os.cpu_count() or 1))
         except OSError:
             pass
+    if shared and shared_pids is not None and 0 <= i < len(shared_pids):  # after its own affinity: moves win
+        shared_pids[i] = os.getpid()
     import torch
 
     torch.set_num_threads(1)
@@ -225,30 +225,48 @@ def _exit_now() -> None:
 _SHARED_WORKERS: list = []
 
 
+def _threads(pid: int) -> list[int]:
+    """Every thread of process ``pid`` (Linux: /proc/PID/task); elsewhere the pid alone. An affinity set on a
+    pid holds for that one thread only, and converters run thread pools of their own (jax, MLIR)."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+def _set_affinity(pid: int, cores: tuple[int, ...]) -> bool:
+    """``cores`` for every thread of ``pid`` (listed twice: a thread started meanwhile is caught); False once
+    the process is gone."""
+    done: set[int] = set()
+    for _ in range(2):
+        for tid in _threads(pid):
+            if tid not in done:
+                try:
+                    os.sched_setaffinity(tid, cores)
+                    done.add(tid)
+                except OSError:  # that thread ended
+                    pass
+    return bool(done)
+
+
 @contextlib.contextmanager
 def measuring_alone() -> Iterator[None]:
     """For the duration of one measurement, move the export workers that may use the measuring cores onto the
-    other cores (``sched_setaffinity``; back to every core after): the measuring cores run only the
-    measurement, and the conversions go on beside the other workers. Until 2026-12-02 they were stopped
-    (SIGSTOP) instead: then a worker held its batch while measurement went on, and at the end of a build one
-    core sat idle while the other measured the last batches (a timeline of a cold LiteRT build: the last
-    ~15 s of ~75 s at 50% busy)."""
+    other cores (``sched_setaffinity`` on each of their threads; back to every core after): the measuring
+    cores run only the measurement, and the conversions go on beside the other workers. Until 2026-12-02
+    they were stopped (SIGSTOP) instead: then a worker held its batch while measurement went on, and at the
+    end of a build one core sat idle while the other measured the last batches (a timeline of a cold LiteRT
+    build: the last ~15 s of ~75 s at 50% busy)."""
     moves = [(int(p), away, home) for arr, away, home in _SHARED_WORKERS for p in arr[:] if p]
     moved = []
     try:
         for pid, away, home in moves:
-            try:
-                os.sched_setaffinity(pid, away)
+            if _set_affinity(pid, away):
                 moved.append((pid, home))
-            except OSError:  # it exited
-                pass
         yield
     finally:
         for pid, home in moved:
-            try:
-                os.sched_setaffinity(pid, home)
-            except OSError:
-                pass
+            _set_affinity(pid, home)
 
 
 def worker_placements(workers: int, avoid_cores: set[int] | None) -> list[tuple[tuple[int, ...] | None, bool]]:

@@ -67,8 +67,9 @@ def export_ops(specs: list[OpSpec], fmt: str, cache: ArtifactCache, options: dic
 
 def stream_ops(specs: list[OpSpec], fmt: str, cache: ArtifactCache, options: dict | None = None,
                **settings) -> Iterator[tuple[str, Artifact | MeasurementError]]:
-    """``(key, artifact or error)`` in ``specs``' order, each as soon as it is exported, while worker
-    processes export the next ones (see :func:`fbprof.backends.cache.export_stream`)."""
+    """``(key, artifact or error)`` for every spec, each as soon as it is exported, while worker processes
+    export the next ones: in ``specs``' order without workers, else in the order they are ready (see
+    :func:`fbprof.backends.cache.export_stream`)."""
     return export_stream(_op_jobs(specs), fmt, cache, options, **settings)
 
 
