@@ -5,8 +5,9 @@ records torch's output for the example input beside the model file. The cache ke
 converter version, torch version, builder version, BN folding, options), so a cached artifact is reused
 only when it would be rebuilt identically. A backend whose SPEC says ``fold_bn`` converts the module with
 its BNs folded into the convs (:func:`fbprof.backends.base.fold_batchnorm`); torch's output recorded beside
-the model, which the export is checked against, is still the original module's. :func:`export_jobs` exports what the cache lacks, in spawned workers
-when asked; what each job builds is the caller's (ops and whole networks: :mod:`fbprof.profiler.export`).
+the model, which the export is checked against, is still the original module's. :func:`export_jobs`
+exports what the cache lacks, in spawned workers when asked; what each job builds is the caller's (ops and
+whole networks: :mod:`fbprof.profiler.export`).
 """
 
 from __future__ import annotations
