@@ -2,8 +2,8 @@
 
 ``build_op(spec)`` returns the module an :class:`~fbprof.spec.OpSpec` stands for; ``build_arch(arch)``
 chains them into a network. Weights are initialised deterministically from the op key, and
-:func:`calibrate` gives BatchNorm realistic running statistics (a few forward passes of N(0, 1)
-input in training mode) so that folded-BN exports carry realistic activations instead of
+:func:`calibrate` gives BatchNorm realistic running statistics (one forward pass of 8 N(0, 1)
+inputs in training mode) so that folded-BN exports carry realistic activations instead of
 shrinking towards denormal floats (REFERENCE section 5).
 """
 
@@ -187,8 +187,12 @@ def build_op(spec: OpSpec, init: bool = True) -> nn.Module:
 
 
 @torch.no_grad()
-def calibrate(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0, batches: int = 4, batch: int = 8) -> nn.Module:
-    """Set BN running statistics from forward passes of N(0, 1) input; returns the module in eval mode."""
+def calibrate(module: nn.Module, input_shape: tuple[int, ...], seed: int = 0, batches: int = 1, batch: int = 8) -> nn.Module:
+    """Set BN running statistics from forward passes of N(0, 1) input; returns the module in eval mode.
+
+    The statistics only give the exported weights realistic magnitudes (kernels and their cost do not depend
+    on values). One batch of 8 estimates each channel's mean and variance from 8 x H x W values (>= 392 at 224); 4
+    batches (until 2026-12-02) cost 7.5-8.2 s of a cold FBNet build's 109 ops instead of 1.9-2.3 s."""
     bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         return module.eval()

@@ -43,7 +43,7 @@ __all__ = ["BlockKind", "OpSpec", "parse_block", "make_divisible", "round_channe
 
 #: what an op key builds (fbprof/build.py): bump when build.py changes it, so cached artifacts are rebuilt.
 #: Kept here, torch-free, so the artifact cache hashes it without importing torch.
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"  # 2: BN statistics from one calibration batch (build.calibrate), 2026-12-02
 
 FIXED_OPS = ("stem", "head", "pool", "fc")
 # ASCII digits only, a bounded number of them (a 5000-digit number is an error, not an int() traceback)

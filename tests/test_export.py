@@ -614,6 +614,46 @@ def test_conversions_ramp_up_and_down_and_keep_the_jobs_order():
     assert [len(u) for u in _units([job(i, batched=False) for i in range(5)], 8)] == [1] * 5
 
 
+def test_an_export_worker_collects_and_freezes_its_heap_before_each_conversion():
+    """A worker (its own process: this one's collector is left alone) starts a conversion with a frozen heap
+    and a youngest generation collected every 10,000 allocations; a cycle made before it is collected, and one
+    frozen while alive is collected some conversions after it died."""
+    import subprocess
+
+    code = ("import gc, weakref\n"
+            "from fbprof.backends.cache import ExportJob, _run_unit_in_worker, _worker_init\n"
+            "_worker_init()\n"
+            "class Node: pass\n"
+            "a, b = Node(), Node(); a.b, b.a = b, a; gone = weakref.ref(a); del a, b\n"
+            "seen = []\n"
+            "job = ExportJob('x', 'x', lambda *args: seen.append((gc.get_freeze_count(), gc.get_threshold()[0], gone())))\n"
+            "_run_unit_in_worker([job], 'onnx', '.', {})\n"
+            "frozen, threshold, cycle = seen[0]\n"
+            "c, d = Node(), Node(); c.d, d.c = d, c; later = weakref.ref(c)\n"
+            "_run_unit_in_worker([job], 'onnx', '.', {})\n"  # frozen while alive
+            "del c, d\n"
+            "for _ in range(20):\n"
+            "    _run_unit_in_worker([job], 'onnx', '.', {})\n"
+            "print(frozen > 10000, threshold, cycle is None, later() is None)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    # (a worker always exits 0: _exit_now); a cycle frozen alive that died since is freed within 16 conversions
+    assert out.stdout.split() == ["True", "10000", "True", "True"], out.stderr
+
+
+def test_exporting_in_this_process_leaves_its_garbage_collector_alone(tmp_path):
+    import gc
+
+    from fbprof.backends.cache import ArtifactCache, ExportJob, export_jobs
+
+    before = gc.get_threshold()
+    seen = []
+    jobs = [ExportJob(f"j{i}", f"k{i}", lambda *args: seen.append((gc.get_freeze_count(), gc.get_threshold())))
+            for i in range(3)]
+    out = export_jobs(jobs, "onnx", ArtifactCache(tmp_path), workers=1)
+    assert len(seen) == 3 and all(s == (0, before) for s in seen)
+    assert all("left no artifact" in str(e) for e in out.values())  # the jobs ran here and made nothing
+
+
 def test_export_workers_stay_off_the_measuring_cores(monkeypatch):
     import os
 

@@ -33,7 +33,7 @@ from fbprof.space import GridCell, SpaceTag, format_grid, format_space_tags
 from fbprof.spec import OpSpec
 
 #: recorded in LUT headers: how the measured ops' activations were made realistic (see profiler/ops.py)
-ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(4 batches of 8, N(0,1) input);input N(0,1)"
+ACTIVATIONS_NOTE = "kaiming-init;bn-calibrated(1 batch of 8, N(0,1) input);input N(0,1)"
 
 __all__ = ["Listener", "MeasureConfig", "MeasureRequest", "MeasureSummary", "measure_lut", "open_measure", "build_header"]
 
