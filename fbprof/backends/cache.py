@@ -186,7 +186,15 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
     """Spawned export worker: one torch thread, killed with its parent (Linux); its cores from
     ``placements`` (``(cores or None, shared)`` per worker, taken in start order), set before torch is
     imported. A ``shared`` worker may use the measuring cores: it records its pid in ``shared_pids``, and
-    :func:`measuring_alone` moves it off them while a measurement runs."""
+    :func:`measuring_alone` moves it off them while a measurement runs. Its standard output and error go to
+    the null device first thing: converters and the libraries they load print to them on import and per
+    conversion (torchao's optional kernels, torch's deprecation notes, a cold LiteRT or ExecuTorch build's
+    worker printed ~6 such lines beside the progress bars), and what a conversion has to say comes back as
+    its result or its exception."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for fd in (1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
     if parent is not None:
         _die_with_parent(parent)  # a busy worker never outlives us
     cores, shared, i = None, False, -1
