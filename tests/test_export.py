@@ -700,6 +700,53 @@ def test_workers_that_may_use_the_measuring_cores_leave_them_while_measuring():
 
 
 # ---- LUTs through the shared loop --------------------------------------------------------------
+def test_native_stderr_to_null_hides_what_c_code_writes_and_restores_it(capfd):
+    import os
+
+    from fbprof.backends.base import native_stderr_to_null
+
+    os.write(2, b"before ")
+    with native_stderr_to_null():
+        os.write(2, b"hidden ")
+    os.write(2, b"after")
+    assert capfd.readouterr().err == "before after"
+
+
+def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, quick_loop, tmp_path, monkeypatch):
+    """The XNNPACK pool is process-wide and the runtime logs every resize to stderr: a LUT build holds it at the
+    run's size (set once, given back once), instead of each op's session resizing it on open and on close."""
+    from fbprof.backends import executorch as mod
+    from fbprof.devices.local import LocalDevice
+    from fbprof.profiler.measure import MeasureRequest, measure_lut
+
+    if mod.xnnpack_threads() < 0:
+        pytest.skip("this ExecuTorch build cannot report its thread pool")
+    if mod._POOL.open:
+        pytest.skip(f"{mod._POOL.open} ExecuTorch session(s) of other tests still open")
+    before = mod.xnnpack_threads()
+    real = mod.xnnpack_threads
+    resizes = []
+
+    def spy(threads=None):
+        was = real()
+        now = real(threads)
+        if now != was:
+            resizes.append((was, now))
+        return now
+
+    monkeypatch.setattr(mod, "xnnpack_threads", spy)
+    real(2)
+    try:
+        specs = [OpSpec.parse(k) for k in ("k3_e1:16x8x8:16:s1", "k3_e3:16x8x8:16:s1", "fc:64x1x1:10:s1")]
+        summary = measure_lut(MeasureRequest(specs=specs, out=tmp_path / "et.csv", device=LocalDevice(pin=False),
+                                             backend="executorch", loop=quick_loop, cache=cache, threads=1))
+        assert not summary.failed and summary.measured == 3
+        assert resizes == [(2, 1), (1, 2)]  # per op, it was 6
+        assert real() == 2 and mod._POOL.open == 0
+    finally:
+        real(before)
+
+
 @pytest.mark.parametrize("backend", ["litert", "executorch"])
 def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
     from fbprof.devices.local import LocalDevice

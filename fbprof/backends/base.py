@@ -131,6 +131,19 @@ class Backend:
                 version = "unknown"
         return f"{self.runtime_module} {version}"
 
+    def session_scope(self, threads: int) -> contextlib.AbstractContextManager:
+        """Held around a run of sessions with ``threads`` threads: the module's ``session_scope(threads)``
+        (ExecuTorch: its process-wide XNNPACK pool set once for the run, not resized on every session's open
+        and close), or nothing."""
+        scope = getattr(self.module, "session_scope", None)
+        if scope is None:
+            return contextlib.nullcontext()
+        try:
+            importlib.import_module(self.runtime_module)
+        except ImportError:
+            raise MissingExtraError(f"backend {self.name}", self.extra or "all", self.runtime_module) from None
+        return scope(int(threads))
+
     def open(self, artifact, threads: int) -> Session:
         """A session that runs ``artifact`` (its own input) on this computer with ``threads`` threads."""
         if not self.local:
@@ -170,6 +183,26 @@ def silent() -> Iterator[None]:
     """quiet() plus stderr: converters draw their own progress bars."""
     with quiet(), contextlib.redirect_stderr(io.StringIO()):
         yield
+
+
+@contextlib.contextmanager
+def native_stderr_to_null() -> Iterator[None]:
+    """File descriptor 2 on the null device for the block: what a runtime's C++ code logs there (ExecuTorch's
+    cpuinfo probe and thread pool resizes) does not reach the terminal. Process-wide while it lasts, so it is
+    used only where nothing else of fbprof writes (before a run's progress bars start and after they end)."""
+    import sys
+
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ They are separate axes; a device *profile* (``s8``, ``iphonex``) names a pair pl
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -49,6 +50,11 @@ class Device(abc.ABC):
         on_retry: Callable[[int, float], None] | None = None,
     ) -> DeviceResult:
         """Measure one artifact with the shared loop (or the device's native runner)."""
+
+    def session_scope(self, backend: str, threads: int) -> contextlib.AbstractContextManager:
+        """Held around a whole run of measurements (default: nothing; the local device: the backend's
+        ``session_scope``)."""
+        return contextlib.nullcontext()
 
     #: the device measures one attempt at a time (:meth:`measure_once`): the profiler then measures the next
     #: rows during a noisy row's pause before its retry instead of waiting idle (same policy, fbprof.loop.Attempts)

@@ -87,6 +87,19 @@ class LocalDevice(Device):
     def measuring_cores(self, threads: int) -> set[int] | None:
         return _pin_cores(threads) if self.pin else None
 
+    @contextlib.contextmanager
+    def session_scope(self, backend: str, threads: int) -> Iterator[None]:
+        """The backend's set-up for a run of sessions (:meth:`Backend.session_scope`), made on the measuring cores
+        as a session's own would be (threads a runtime starts inherit the cores of the thread that starts them)."""
+        self.check_backend(backend)
+        scope = get_backend(backend).session_scope(threads)
+        with pinned(threads) if self.pin else contextlib.nullcontext():
+            scope.__enter__()
+        try:
+            yield
+        finally:
+            scope.__exit__(None, None, None)
+
     def open_session(self, artifact: Artifact, backend: str, threads: int) -> Session:
         self.check_backend(backend)
         return get_backend(backend).open(artifact, threads)

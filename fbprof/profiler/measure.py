@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -334,7 +334,9 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     retries = _Retries(req, lis, done, fail) if req.device.defers_retries else None
     journal.start(header)
     finished = False
+    held = ExitStack()
     try:
+        held.enter_context(req.device.session_scope(req.backend, req.threads))
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
         fmt = get_backend(req.backend).format
@@ -392,6 +394,7 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
         summary = MeasureSummary(out, counts, measured, reused, failed, time.perf_counter() - t_start, loop_s, export_s,
                                  interrupted, notes)
         lis.on_finish(summary)
+        held.close()  # after the listener's progress display ends (a runtime may log to stderr on leaving it)
     return summary
 
 
