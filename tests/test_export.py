@@ -644,6 +644,16 @@ def test_an_export_worker_collects_and_freezes_its_heap_before_each_conversion()
     assert out.stdout.split() == ["True", "10000", "True", "True"] and out.stderr == "", (out.stdout, out.stderr)
 
 
+def test_export_worker_output_is_shown_on_request():
+    import os
+    import subprocess
+
+    code = "from fbprof.backends.cache import _worker_init\n_worker_init()\nimport os\nos.write(2, b'native chatter')\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "FBPROF_WORKER_OUTPUT": "1"})
+    assert "native chatter" in out.stderr
+
+
 def test_exporting_in_this_process_leaves_its_garbage_collector_alone(tmp_path):
     import gc
 
@@ -712,7 +722,7 @@ def test_native_stderr_to_null_hides_what_c_code_writes_and_restores_it(capfd):
     assert capfd.readouterr().err == "before after"
 
 
-def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, quick_loop, tmp_path, monkeypatch):
+def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, quick_loop, tmp_path, monkeypatch, capfd):
     """The XNNPACK pool is process-wide and the runtime logs every resize to stderr: a LUT build holds it at the
     run's size (set once, given back once), instead of each op's session resizing it on open and on close."""
     from fbprof.backends import executorch as mod
@@ -743,6 +753,7 @@ def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, qui
         assert not summary.failed and summary.measured == 3
         assert resizes == [(2, 1), (1, 2)]  # per op, it was 6
         assert real() == 2 and mod._POOL.open == 0
+        assert "Resetting threadpool" not in capfd.readouterr().err  # the runtime's log of those two
     finally:
         real(before)
 

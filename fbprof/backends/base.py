@@ -12,7 +12,9 @@ runs are pushed there as single files):
 - optionally ``export_batch(modules, examples, paths, options) -> layouts``: several modules converted
   together into one file each (``SPEC["batch"]`` of them at a time), cheaper than one conversion each;
 - ``open_session(model_path, input, threads) -> session`` with ``invoke()`` (the timed call), ``run() -> ndarray``
-  (feeds ``input``) and ``close()`` (gives back any process-wide state the session changed).
+  (feeds ``input``) and ``close()`` (gives back any process-wide state the session changed);
+- optionally ``session_scope(threads)``: a context manager held around a LUT build's sessions (ExecuTorch:
+  its process-wide thread pool set once for the build).
 
 :class:`Backend` wraps such a module for the rest of fbprof; :mod:`fbprof.backends` keeps the registry.
 """
@@ -187,9 +189,11 @@ def silent() -> Iterator[None]:
 
 @contextlib.contextmanager
 def native_stderr_to_null() -> Iterator[None]:
-    """File descriptor 2 on the null device for the block: what a runtime's C++ code logs there (ExecuTorch's
-    cpuinfo probe and thread pool resizes) does not reach the terminal. Process-wide while it lasts, so it is
-    used only where nothing else of fbprof writes (before a run's progress bars start and after they end)."""
+    """File descriptor 2 on the null device and ``sys.stderr`` on a discarded buffer for the block: what a
+    runtime's native code logs (ExecuTorch's cpuinfo probe and thread pool resizes: to fd 2, or through
+    ``sys.stderr`` when the binding routes its log there) does not reach the terminal. Process-wide while it
+    lasts (what any thread writes to stderr then is lost), so it is used only for calls of milliseconds, where
+    nothing of fbprof writes: before a LUT build's progress bars start and after they end."""
     import sys
 
     with contextlib.suppress(Exception):
@@ -198,7 +202,8 @@ def native_stderr_to_null() -> Iterator[None]:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -182,6 +183,10 @@ def export_modules(items: list[tuple], fmt: str, options: dict | None = None) ->
     return out
 
 
+#: set to 1 to see what export workers print (hidden by default; see _worker_init)
+WORKER_OUTPUT_ENV = "FBPROF_WORKER_OUTPUT"
+
+
 def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None = None) -> None:
     """Spawned export worker: one torch thread, killed with its parent (Linux); its cores from
     ``placements`` (``(cores or None, shared)`` per worker, taken in start order), set before torch is
@@ -190,11 +195,13 @@ def _worker_init(slot=None, placements=(), shared_pids=None, parent: int | None 
     the null device first thing: converters and the libraries they load print to them on import and per
     conversion (torchao's optional kernels, torch's deprecation notes, a cold LiteRT or ExecuTorch build's
     worker printed ~6 such lines beside the progress bars), and what a conversion has to say comes back as
-    its result or its exception."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    for fd in (1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
+    its result or its exception. ``FBPROF_WORKER_OUTPUT=1`` keeps them (a worker that dies in native code
+    says why only there)."""
+    if os.environ.get(WORKER_OUTPUT_ENV) != "1":
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in (1, 2):
+            os.dup2(devnull, fd)
+        os.close(devnull)
     if parent is not None:
         _die_with_parent(parent)  # a busy worker never outlives us
     cores, shared, i = None, False, -1
@@ -412,7 +419,10 @@ def export_stream(
         except MeasurementError as e:
             errors = {job.name: e for job in unit}
         except Exception as e:  # noqa: BLE001 - a converter crashed or a worker died
-            errors = {job.name: f"exporting {job.name} to {fmt} failed: {type(e).__name__}: {e}" for job in unit}
+            why = f"{type(e).__name__}: {e}"
+            if isinstance(e, BrokenProcessPool) and os.environ.get(WORKER_OUTPUT_ENV) != "1":
+                why += f" (an export worker died; run again with {WORKER_OUTPUT_ENV}=1 to see what it printed)"
+            errors = {job.name: f"exporting {job.name} to {fmt} failed: {why}" for job in unit}
         for job in unit:
             err = errors.get(job.name)
             if err is not None:

@@ -267,12 +267,15 @@ def measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measur
     except OSError as e:
         raise WriteError(str(req.out) + ".lock", e) from None
     try:
-        return _measure_lut(req, listener)
+        # the device's scope for a run of sessions (Device.session_scope) is held from before the listener
+        # starts its progress display until after it ends, and left however the run ends
+        with ExitStack() as held:
+            return _measure_lut(req, listener, lambda: held.enter_context(req.device.session_scope(req.backend, req.threads)))
     finally:
         lock.release()
 
 
-def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> MeasureSummary:
+def _measure_lut(req: MeasureRequest, listener: Listener | None, hold: Callable[[], object]) -> MeasureSummary:
     lis = listener or Listener()
     t_start = time.perf_counter()
     req.device.check_backend(req.backend)
@@ -308,6 +311,8 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     else:
         todo = [s for k, s in sorted(wanted.items()) if k not in rows]
     reused = len(wanted) - len(todo)
+    if todo:
+        hold()
     lis.on_start(len(wanted), len(todo), reused)
     for n in notes:
         lis.on_note(n)
@@ -334,9 +339,7 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
     retries = _Retries(req, lis, done, fail) if req.device.defers_retries else None
     journal.start(header)
     finished = False
-    held = ExitStack()
     try:
-        held.enter_context(req.device.session_scope(req.backend, req.threads))
         t0 = time.perf_counter()
         lis.on_export_start(len(todo))
         fmt = get_backend(req.backend).format
@@ -394,7 +397,6 @@ def _measure_lut(req: MeasureRequest, listener: Listener | None = None) -> Measu
         summary = MeasureSummary(out, counts, measured, reused, failed, time.perf_counter() - t_start, loop_s, export_s,
                                  interrupted, notes)
         lis.on_finish(summary)
-        held.close()  # after the listener's progress display ends (a runtime may log to stderr on leaving it)
     return summary
 
 
