@@ -13,6 +13,9 @@ gives torch's thread count back.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 SPEC = {
     "name": "executorch",
     "format": "pte",
@@ -316,29 +319,24 @@ class _PoolLease:
 _POOL = _PoolLease()  # process-wide, like the pool it tracks
 
 
-def session_scope(threads: int):
+@contextlib.contextmanager
+def session_scope(threads: int) -> Iterator[None]:
     """The XNNPACK pool held at ``threads`` for a run of sessions (:meth:`Backend.session_scope`): sessions of
     that size then find it set, and the last one to close does not give it back until the run ends. Without
     it, each op of a LUT build resized the pool twice, and the runtime logged both resizes to stderr
     ("Resetting threadpool to N threads", two lines per op beside the progress bars). What the runtime logs
     when the scope loads it (a cpuinfo probe: five lines) and sets or gives back the pool goes to the null
     device: the measuring loop holds the scope outside its progress bars."""
-    import contextlib
-
     from fbprof.backends.base import native_stderr_to_null
 
-    @contextlib.contextmanager
-    def held():
-        runtime_binding()  # its import (seconds) outside the redirect; the pool's first query and resize take ms
+    runtime_binding()  # its import (seconds) outside the redirect; the pool's first query and resize take ms
+    with native_stderr_to_null():
+        _POOL.take(threads)
+    try:
+        yield
+    finally:
         with native_stderr_to_null():
-            _POOL.take(threads)
-        try:
-            yield
-        finally:
-            with native_stderr_to_null():
-                _POOL.give_back()
-
-    return held()
+            _POOL.give_back()
 
 
 class ExecuTorchSession:
