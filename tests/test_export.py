@@ -758,6 +758,50 @@ def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, qui
         real(before)
 
 
+@pytest.mark.parametrize("paired", [False, True])
+def test_verify_measurements_set_the_executorch_thread_pool_once(paired, cache, quick_loop, monkeypatch, capfd):
+    """verify's rounds and its sample-level pairing hold the device's session scope as a LUT build does: the
+    XNNPACK pool is resized once each way for the whole run, and the runtime's resize log stays off stderr."""
+    from fbprof.backends import executorch as mod
+    from fbprof.devices.local import LocalDevice
+    from fbprof.profiler.export import export_op
+    from fbprof.verify.measure import measure_interleaved, paired_samples
+
+    if mod.xnnpack_threads() < 0:
+        pytest.skip("this ExecuTorch build cannot report its thread pool")
+    if mod._POOL.open:
+        pytest.skip(f"{mod._POOL.open} ExecuTorch session(s) of other tests still open")
+    arts = {k: export_op(OpSpec.parse(k), "pte", cache) for k in ("k3_e1:16x8x8:16:s1", "fc:64x1x1:10:s1")}
+    before = mod.xnnpack_threads()
+    real = mod.xnnpack_threads
+    resizes = []
+
+    def spy(threads=None):
+        was = real()
+        now = real(threads)
+        if now != was:
+            resizes.append((was, now))
+        return now
+
+    monkeypatch.setattr(mod, "xnnpack_threads", spy)
+    real(2)
+    capfd.readouterr()
+    try:
+        device = LocalDevice(pin=False)
+        if paired:
+            per, failed, notes = paired_samples(device, "executorch", 1, arts, 6, 0)
+            assert all(len(per[k]) == 6 for k in arts)
+        else:
+            per, _, failed, notes = measure_interleaved(device, "executorch", 1, quick_loop, arts, 3, 0)
+            assert all(len(per[k]) == 3 for k in arts)
+        assert not failed and not [n for ns in notes.values() for n in ns if not n.startswith("round")]  # outputs ok
+        assert resizes == [(2, 1), (1, 2)]  # per session, it was 2 x 6 (rounds) or 2 x 2 (pairing)
+        assert real() == 2 and mod._POOL.open == 0
+        assert "Resetting threadpool" not in capfd.readouterr().err
+    finally:
+        real(before)
+
+
 @pytest.mark.parametrize("backend", ["litert", "executorch"])
 def test_measure_lut_with_mobile_runtime(backend, cache, quick_loop, tmp_path):
     from fbprof.devices.local import LocalDevice
@@ -804,6 +848,41 @@ def test_measuring_an_executorch_program_does_not_import_its_compiler(cache, tmp
                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_litert_session_scope_spends_the_runtimes_delegate_log_line(cache, tmp_path):
+    """LiteRT logs "Created TensorFlow Lite XNNPACK delegate" once per process, at the first session: inside the
+    scope a LUT build or verify holds (entered before their progress bars), no session prints it, and the
+    sessions still compute torch's output. Checked in fresh processes, with a control run without the scope."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from fbprof.profiler.export import export_op
+
+    art = export_op(OpSpec.parse("k3_e1:16x8x8:16:s1"), "tflite", cache)
+    np.save(tmp_path / "x.npy", art.input)
+    np.save(tmp_path / "want.npy", art.expected)
+    code = ("import contextlib, sys, numpy as np\n"
+            "from fbprof.backends import get_backend\n"
+            "from fbprof.backends.litert import open_session\n"
+            "scope = get_backend('litert').session_scope(1) if sys.argv[4] == 'scope' else contextlib.nullcontext()\n"
+            "with scope:\n"
+            "    for _ in range(2):\n"
+            "        s = open_session(sys.argv[1], np.load(sys.argv[2]), 1)\n"
+            "        s.invoke()\n"
+            "        np.testing.assert_allclose(s.run(), np.load(sys.argv[3]), atol=1e-3)\n"
+            "        s.close()\n"
+            "print('ok')\n")
+    root = Path(__file__).resolve().parents[1]
+    err = {}
+    for mode in ("plain", "scope"):
+        res = subprocess.run([sys.executable, "-c", code, str(art.path), str(tmp_path / "x.npy"), str(tmp_path / "want.npy"),
+                              mode], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(root)})
+        assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+        err[mode] = res.stderr
+    assert "XNNPACK delegate" in err["plain"]  # the control: this runtime does log it
+    assert "XNNPACK delegate" not in err["scope"]
 
 
 def test_executorch_invoke_runs_on_inputs_set_once(cache):

@@ -13,8 +13,8 @@ runs are pushed there as single files):
   together into one file each (``SPEC["batch"]`` of them at a time), cheaper than one conversion each;
 - ``open_session(model_path, input, threads) -> session`` with ``invoke()`` (the timed call), ``run() -> ndarray``
   (feeds ``input``) and ``close()`` (gives back any process-wide state the session changed);
-- optionally ``session_scope(threads)``: a context manager held around a LUT build's sessions (ExecuTorch:
-  its process-wide thread pool set once for the build).
+- optionally ``session_scope(threads)``: a context manager held around a run of sessions, a LUT build's or
+  verify's measuring phase (ExecuTorch: its process-wide thread pool set once for the run).
 
 :class:`Backend` wraps such a module for the rest of fbprof; :mod:`fbprof.backends` keeps the registry.
 """
@@ -192,8 +192,9 @@ def native_stderr_to_null() -> Iterator[None]:
     """File descriptor 2 on the null device and ``sys.stderr`` on a discarded buffer for the block: what a
     runtime's native code logs (ExecuTorch's cpuinfo probe and thread pool resizes: to fd 2, or through
     ``sys.stderr`` when the binding routes its log there) does not reach the terminal. Process-wide while it
-    lasts (what any thread writes to stderr then is lost), so it is used only for calls of milliseconds, where
-    nothing of fbprof writes: before a LUT build's progress bars start and after they end."""
+    lasts (what any thread writes to stderr then is lost), so it is used only for calls of milliseconds where
+    nothing of fbprof writes: before a LUT build's progress bars start and after they end, or between two
+    phases of verify's (a refresh of bars lost then has the shape of the one before, and the next redraws it)."""
     import sys
 
     with contextlib.suppress(Exception):

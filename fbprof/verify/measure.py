@@ -64,35 +64,37 @@ def measure_interleaved(
     notes: dict[str, list[str]] = {}
     checked: set[str] = set()
     total = rounds * (len(artifacts) + len(noise_r))
-    lis.on_measure_start(total)
-    for r in range(rounds):
-        order = round_order(sorted(artifacts), noise if noise_r else None, len(noise_r), rng)
-        for name, replica in order:
-            if name in failed:
-                continue
-            art = artifacts[name]
-            device.before_row(name)
-            try:
-                res = device.measure(art, backend, loop, threads)
-            except MeasurementError as e:
-                failed[name] = e.message
-                lis.on_note(e.message)
-                continue
-            if name not in checked:
-                checked.add(name)
-                problem = check_output(art.expected, res.output, check_atol)
-                if problem:
-                    notes.setdefault(name, []).append(problem)
-            m = res.measurement
-            if m.status != OK:
-                who = "" if replica < 0 else f" (noise replica {replica + 1})"
-                notes.setdefault(name, []).append(f"round {r + 1}{who}: {m.status}: {'; '.join(m.notes)}")
-            us = m.stats.median * 1e6
-            if replica < 0:
-                per_arch[name].append(us)
-            else:
-                noise_r[replica].append(us)
-            lis.on_measure_done(name, r, us)
+    # the device's scope for a run of sessions (ExecuTorch: its thread pool set once, not per session)
+    with device.session_scope(backend, threads):
+        lis.on_measure_start(total)
+        for r in range(rounds):
+            order = round_order(sorted(artifacts), noise if noise_r else None, len(noise_r), rng)
+            for name, replica in order:
+                if name in failed:
+                    continue
+                art = artifacts[name]
+                device.before_row(name)
+                try:
+                    res = device.measure(art, backend, loop, threads)
+                except MeasurementError as e:
+                    failed[name] = e.message
+                    lis.on_note(e.message)
+                    continue
+                if name not in checked:
+                    checked.add(name)
+                    problem = check_output(art.expected, res.output, check_atol)
+                    if problem:
+                        notes.setdefault(name, []).append(problem)
+                m = res.measurement
+                if m.status != OK:
+                    who = "" if replica < 0 else f" (noise replica {replica + 1})"
+                    notes.setdefault(name, []).append(f"round {r + 1}{who}: {m.status}: {'; '.join(m.notes)}")
+                us = m.stats.median * 1e6
+                if replica < 0:
+                    per_arch[name].append(us)
+                else:
+                    noise_r[replica].append(us)
+                lis.on_measure_done(name, r, us)
     return per_arch, noise_r, failed, notes
 
 
@@ -109,10 +111,11 @@ def paired_samples(
     """Sample-level pairing on the device (:meth:`Device.measure_paired`): per-iteration samples in us by
     name, failures (the whole run, when the device fails) and notes (an output that does not match torch)."""
     lis = listener or VerifyListener()
-    lis.on_measure_start(iterations)
     try:
-        secs, outputs = device.measure_paired(items, backend, threads, iterations, seed,
-                                              on_iteration=lambda i: lis.on_measure_done("paired", i, 0.0))
+        with device.session_scope(backend, threads):
+            lis.on_measure_start(iterations)
+            secs, outputs = device.measure_paired(items, backend, threads, iterations, seed,
+                                                  on_iteration=lambda i: lis.on_measure_done("paired", i, 0.0))
     except MeasurementError as e:
         return {}, {n: e.message for n in items}, {}
     notes: dict[str, list[str]] = {}
