@@ -194,7 +194,8 @@ def native_stderr_to_null() -> Iterator[None]:
     ``sys.stderr`` when the binding routes its log there) does not reach the terminal. Process-wide while it
     lasts (what any thread writes to stderr then is lost), so it is used only for calls of milliseconds where
     nothing of fbprof writes: before a LUT build's progress bars start and after they end, or between two
-    phases of verify's (a refresh of bars lost then has the shape of the one before, and the next redraws it)."""
+    phases of verify's, whose bars keep their shape across the call: a refresh of them that falls inside is lost
+    (rarely, cut in the middle) and the next one redraws them."""
     import sys
 
     with contextlib.suppress(Exception):

@@ -229,24 +229,26 @@ def open_session(model_path: str, x, threads: int) -> LiteRTSession:
 def session_scope(threads: int) -> Iterator[None]:
     """Held around a run of sessions (:meth:`Backend.session_scope`): the runtime's one log line per process
     ("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.", written to stderr when the first interpreter
-    applies its delegate, beside the progress bars) is spent here on the null device, on a one-op model
-    built in memory. Nothing else changes: every session still applies its own delegate. Where that model
-    cannot be built or run (an older runtime, another schema), the line shows as before."""
+    applies its delegate, beside the progress bars) is spent here on the null device, by a one-op model
+    built in memory and dropped at once. Nothing else changes: every session still applies its own delegate.
+    Where that model cannot be built or loaded (an older runtime, another schema), the line shows as before."""
+    _spend_delegate_log(threads)
+    yield
+
+
+def _spend_delegate_log(threads: int) -> None:
+    """Apply the XNNPACK delegate once (``allocate_tensors``) to a one-op model, stderr on the null device; the
+    interpreter is gone when this returns."""
     from fbprof.backends.base import native_stderr_to_null
 
     try:
-        import numpy as np
         from ai_edge_litert.interpreter import Interpreter
 
         data = _one_add_model()
         with native_stderr_to_null():
-            interp = Interpreter(model_content=data, num_threads=int(threads))
-            interp.allocate_tensors()
-        interp.set_tensor(interp.get_input_details()[0]["index"], np.ones(1, np.float32))
-        interp.invoke()
+            Interpreter(model_content=data, num_threads=int(threads)).allocate_tensors()
     except Exception:  # noqa: BLE001 - only a log line is at stake
         pass
-    yield
 
 
 def _one_add_model() -> bytes:
