@@ -590,8 +590,9 @@ class GridCell:
             raise InputError(f"{where}: grid cell {text.strip()[:80]!r}: sizes and stride must be >= 1")
         return cls(h, w, s, cin, cout)
 
-    def contains(self, cin: float, cout: float) -> bool:
-        return self.cin[0] <= cin <= self.cin[-1] and self.cout[0] <= cout <= self.cout[-1]
+    def contains(self, cin: float, cout: float, tol: float = 0.0) -> bool:
+        """Whether the cell's axes cover (cin, cout), within ``tol`` channels of their ends."""
+        return (self.cin[0] - tol <= cin <= self.cin[-1] + tol) and (self.cout[0] - tol <= cout <= self.cout[-1] + tol)
 
 
 def format_grid(cells) -> str:

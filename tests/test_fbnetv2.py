@@ -331,6 +331,28 @@ def test_macs_scheme_is_exact_where_latency_is_proportional_to_macs_and_bilinear
         GridLut(lut, scheme="cubic")
 
 
+def test_expected_widths_a_rounding_error_off_an_axis_end_are_at_that_end():
+    """The search queries E[c] = sum_i g_i c_i in float32: with g nearly one-hot on the narrowest width it comes
+    out a few 1e-6 under the axis' first point (a search once stopped on 23.999998 against an axis from 24).
+    Such a query reads the end of the axis; one a real fraction of a channel outside still raises."""
+    torch = pytest.importorskip("torch")
+    g = GridLut(_synthetic_lut())
+    widths = torch.tensor([8.0, 16.0, 24.0])
+    weights = torch.softmax(torch.tensor([0.0, -40.0, -40.0]), 0)  # as the search's peak softmax
+    e_cout = (weights * widths).sum()
+    e_cin = torch.tensor(24.0) * (1 + 1e-7)
+    assert float(e_cout) != 8.0 or float(e_cin) != 24.0  # the point of the test: not exactly on the grid
+    for cin, cout in [(e_cin, e_cout), (24.000001, 7.999998), (7.9999, 24.0001)]:
+        assert float(g.interpolate("k3_e4_hs", 1, 8, cin, cout)) == pytest.approx(f_lat(_v(cin), _v(cout), 4), rel=1e-5)
+    for cin, cout in [(24.01, 8), (16, 7.99)]:
+        with pytest.raises(OutsideGridError, match="widths outside the grid axes"):
+            g.interpolate("k3_e4_hs", 1, 8, cin, cout)
+
+
+def _v(x) -> float:
+    return float(x.detach()) if hasattr(x, "detach") else float(x)
+
+
 def test_grid_lut_is_differentiable_in_the_search():
     torch = pytest.importorskip("torch")
     g = GridLut(_synthetic_lut())
