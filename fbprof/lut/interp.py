@@ -141,7 +141,7 @@ class GridLut:
         them): bilinear over the grid cell, and linear in the expansion between measured ones of the block's
         family. Raises :class:`OutsideGridError` when the grid does not cover the query."""
         w = h if w is None else w
-        what = f"{block} at {_value(cin):g}->{_value(cout):g} channels, {h}x{w}, stride {stride}"
+        what = f"{block} at {_value(cin):.8g}->{_value(cout):.8g} channels, {h}x{w}, stride {stride}"
         b = parse_block(block)
         if b.kind != "ir":
             raise OutsideGridError(self.path, [f"{what}: only inverted residual blocks are interpolated"])
