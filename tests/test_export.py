@@ -722,44 +722,56 @@ def test_native_stderr_to_null_hides_what_c_code_writes_and_restores_it(capfd):
     assert capfd.readouterr().err == "before after"
 
 
-def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, quick_loop, tmp_path, monkeypatch, capfd):
+@pytest.fixture
+def et_pool(monkeypatch):
+    """ExecuTorch's XNNPACK pool watched: ``watch()`` sets it to 2 threads and returns (the list of resizes from
+    then on as (before, after) pairs, the unwatched size query); the size it had is restored afterwards."""
+    from fbprof.backends import executorch as mod
+
+    if mod.xnnpack_threads() < 0:
+        pytest.skip("this ExecuTorch build cannot report its thread pool")
+    if mod._POOL.open:
+        pytest.skip(f"{mod._POOL.open} ExecuTorch session(s) of other tests still open")
+    real = mod.xnnpack_threads
+    before = real()
+
+    def watch():
+        resizes = []
+
+        def spy(threads=None):
+            was = real()
+            now = real(threads)
+            if now != was:
+                resizes.append((was, now))
+            return now
+
+        monkeypatch.setattr(mod, "xnnpack_threads", spy)
+        real(2)
+        return resizes, real
+
+    yield watch
+    real(before)
+
+
+def test_an_executorch_lut_build_sets_the_thread_pool_once_not_per_op(cache, quick_loop, tmp_path, et_pool, capfd):
     """The XNNPACK pool is process-wide and the runtime logs every resize to stderr: a LUT build holds it at the
     run's size (set once, given back once), instead of each op's session resizing it on open and on close."""
     from fbprof.backends import executorch as mod
     from fbprof.devices.local import LocalDevice
     from fbprof.profiler.measure import MeasureRequest, measure_lut
 
-    if mod.xnnpack_threads() < 0:
-        pytest.skip("this ExecuTorch build cannot report its thread pool")
-    if mod._POOL.open:
-        pytest.skip(f"{mod._POOL.open} ExecuTorch session(s) of other tests still open")
-    before = mod.xnnpack_threads()
-    real = mod.xnnpack_threads
-    resizes = []
-
-    def spy(threads=None):
-        was = real()
-        now = real(threads)
-        if now != was:
-            resizes.append((was, now))
-        return now
-
-    monkeypatch.setattr(mod, "xnnpack_threads", spy)
-    real(2)
-    try:
-        specs = [OpSpec.parse(k) for k in ("k3_e1:16x8x8:16:s1", "k3_e3:16x8x8:16:s1", "fc:64x1x1:10:s1")]
-        summary = measure_lut(MeasureRequest(specs=specs, out=tmp_path / "et.csv", device=LocalDevice(pin=False),
-                                             backend="executorch", loop=quick_loop, cache=cache, threads=1))
-        assert not summary.failed and summary.measured == 3
-        assert resizes == [(2, 1), (1, 2)]  # per op, it was 6
-        assert real() == 2 and mod._POOL.open == 0
-        assert "Resetting threadpool" not in capfd.readouterr().err  # the runtime's log of those two
-    finally:
-        real(before)
+    resizes, real = et_pool()
+    specs = [OpSpec.parse(k) for k in ("k3_e1:16x8x8:16:s1", "k3_e3:16x8x8:16:s1", "fc:64x1x1:10:s1")]
+    summary = measure_lut(MeasureRequest(specs=specs, out=tmp_path / "et.csv", device=LocalDevice(pin=False),
+                                         backend="executorch", loop=quick_loop, cache=cache, threads=1))
+    assert not summary.failed and summary.measured == 3
+    assert resizes == [(2, 1), (1, 2)]  # per op, it was 6
+    assert real() == 2 and mod._POOL.open == 0
+    assert "Resetting threadpool" not in capfd.readouterr().err  # the runtime's log of those two
 
 
 @pytest.mark.parametrize("paired", [False, True])
-def test_verify_measurements_set_the_executorch_thread_pool_once(paired, cache, quick_loop, monkeypatch, capfd):
+def test_verify_measurements_set_the_executorch_thread_pool_once(paired, cache, quick_loop, et_pool, capfd):
     """verify's rounds and its sample-level pairing hold the device's session scope as a LUT build does: the
     XNNPACK pool is resized once each way for the whole run, and the runtime's resize log stays off stderr."""
     from fbprof.backends import executorch as mod
@@ -767,41 +779,22 @@ def test_verify_measurements_set_the_executorch_thread_pool_once(paired, cache, 
     from fbprof.profiler.export import export_op
     from fbprof.verify.measure import measure_interleaved, paired_samples
 
-    if mod.xnnpack_threads() < 0:
-        pytest.skip("this ExecuTorch build cannot report its thread pool")
-    if mod._POOL.open:
-        pytest.skip(f"{mod._POOL.open} ExecuTorch session(s) of other tests still open")
     arts = {k: export_op(OpSpec.parse(k), "pte", cache) for k in ("k3_e1:16x8x8:16:s1", "fc:64x1x1:10:s1")}
-    before = mod.xnnpack_threads()
-    real = mod.xnnpack_threads
-    resizes = []
-
-    def spy(threads=None):
-        was = real()
-        now = real(threads)
-        if now != was:
-            resizes.append((was, now))
-        return now
-
-    monkeypatch.setattr(mod, "xnnpack_threads", spy)
-    real(2)
+    resizes, real = et_pool()
     capfd.readouterr()
-    try:
-        device = LocalDevice(pin=False)
-        if paired:
-            per, failed, notes = paired_samples(device, "executorch", 1, arts, 6, 0)
-            assert all(len(per[k]) == 6 for k in arts)
-        else:
-            per, _, failed, notes = measure_interleaved(device, "executorch", 1, quick_loop, arts, 3, 0)
-            assert all(len(per[k]) == 3 for k in arts)
-        assert not failed and not [n for ns in notes.values() for n in ns if not n.startswith("round")]  # outputs ok
-        # rounds: it was once each way per session (2 x 6); pairing opens every session at once, so it resized
-        # once each way before too, but with the runtime's log of both on stderr (checked below)
-        assert resizes == [(2, 1), (1, 2)]
-        assert real() == 2 and mod._POOL.open == 0
-        assert "Resetting threadpool" not in capfd.readouterr().err
-    finally:
-        real(before)
+    device = LocalDevice(pin=False)
+    if paired:
+        per, failed, notes = paired_samples(device, "executorch", 1, arts, 6, 0)
+        assert all(len(per[k]) == 6 for k in arts)
+    else:
+        per, _, failed, notes = measure_interleaved(device, "executorch", 1, quick_loop, arts, 3, 0)
+        assert all(len(per[k]) == 3 for k in arts)
+    assert not failed and not [n for ns in notes.values() for n in ns if not n.startswith("round")]  # outputs ok
+    # rounds: it was once each way per session (2 x 6); pairing opens every session at once, so it resized
+    # once each way before too, but with the runtime's log of both on stderr (checked below)
+    assert resizes == [(2, 1), (1, 2)]
+    assert real() == 2 and mod._POOL.open == 0
+    assert "Resetting threadpool" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["litert", "executorch"])
