@@ -288,3 +288,63 @@ def test_train_arch_trains_a_channel_architecture_at_the_proxy(grid):
     assert r1.accuracy == r2.accuracy and r1.final_loss == r2.final_loss  # seeded: the same network, the same run
     assert r1.accuracy == 1.0  # the 8 held-out images, an easy signal
     assert r1.epochs == 3
+
+
+def test_calibrated_channel_search_reads_the_grid_luts_calibration(grid, tmp_path):
+    """--calibrated on a grid LUT: every searched layer's interpolated cost is weighted by its part's scale and the
+    intercept added, so the latency of any one-hot choice is the calibrated prediction of that architecture (and the
+    bounds are calibrated too); a LUT without a calibration, or with one the search cannot weigh layer by layer, is
+    refused before any training."""
+    import dataclasses
+    import itertools
+
+    from fbprof.errors import FileFormatError, InputError
+    from fbprof.lut.calibration import LinearCalibration, calibration_of, rows_digest, store_calibration
+    from fbprof.lut.predict import predict
+    from fbprof.search.dmasking import KEYS, LatencyModel, latency_bounds, onehot
+    from fbprof.search.dnas import SearchConfig, run_search
+
+    sp_path, lut_path = grid
+
+    def config(out, **kw):
+        return SearchConfig(lut=str(lut_path), space=str(sp_path), out=str(out), data="digits", limit_per_class=8, resolution=16,
+                            epochs=1, warmup_epochs=0, min_epoch_steps=1, max_steps=2, batch_size=8, samples=1, **kw)
+
+    with pytest.raises(InputError, match="no calibration"):
+        run_search(config(tmp_path / "none", calibrated=True))
+    # a grid LUT's calibration is one of GRID_MODELS: verify stores no other, and a hand-made one is refused on reading
+    weights = LinearCalibration("weights", 10.0, {"all": 1.1, "weight_mb": 3.0})
+    with pytest.raises(InputError, match="grid LUT's calibration is one of scale, linear, stages"):
+        store_calibration(str(lut_path), weights, {"fitted_on": 9})
+    lut = read_lut(lut_path)
+    weights.info = {"rows_digest": rows_digest(lut.rows)}
+    write_lut(tmp_path / "weights.csv", {**lut.header, "calibration": weights.to_json()}, lut.rows.values())
+    for calibrated in (True, False):  # without --calibrated too: before any training, not at the end
+        with pytest.raises(FileFormatError, match=r"weights.csv:\d+: calibration: model 'weights' on a grid LUT"):
+            run_search(dataclasses.replace(config(tmp_path / "weights", calibrated=calibrated), lut=str(tmp_path / "weights.csv")))
+    assert not (tmp_path / "weights").exists()
+    lut = store_calibration(str(lut_path), LinearCalibration("stages", 40.0, {"early": 0.5, "middle": 1.5, "late": 2.0}),
+                            {"fitted_on": 12})
+    cal = calibration_of(lut)
+    sp, plan, raw_model, _ = _setup(sp_path, lut_path)
+    model = LatencyModel(plan, GridLut(lut), cal)
+    masks = plan.masks()
+    sizes = [(k, int(m.sum())) for k in KEYS for m in masks[k]]
+    lats, interp = [], 0
+    for choice in itertools.product(*[range(n) for _, n in sizes]):
+        idx = {k: [] for k in KEYS}
+        for (k, _), i in zip(sizes, choice):
+            idx[k].append(i)
+        pred = predict(plan.arch(idx, name="a"), lut)
+        interp += any(c.status == "interp" for c in pred.layers)
+        assert float(raw_model(onehot(idx, masks))) == pytest.approx(pred.total_us, rel=1e-5)
+        assert float(model(onehot(idx, masks))) == pytest.approx(pred.calibrated_us, rel=1e-5)
+        lats.append(pred.calibrated_us)
+    assert interp and len(set(round(v, 3) for v in lats)) > 10
+    lo, hi = latency_bounds(plan, model)
+    assert lo == pytest.approx(min(lats), rel=1e-5) and hi == pytest.approx(max(lats), rel=1e-5)
+    res = run_search(config(tmp_path / "cal", calibrated=True))
+    summary = json.loads((tmp_path / "cal" / "summary.json").read_text())
+    assert summary["info"]["latency"] == cal.describe()
+    best = res.archs[0]
+    assert best.predicted_us == pytest.approx(predict(load_arch(best.path), lut).calibrated_us)

@@ -139,6 +139,28 @@ def test_predict_uses_the_stored_calibration(verified, tmp_path):
     assert predict(load_arch(str(arch)), read_lut(verified["original"])).calibrated_us is None
 
 
+def test_no_calibrate_reports_the_stored_calibration_and_stores_nothing(verified, tmp_path):
+    """--no-calibrate: no split, nothing fitted or stored; the LUT's stored calibration is applied to every network
+    (this went unreported between 2026-12-01 and 2026-12-02: a branch for grid LUTs shadowed it)."""
+    lut = tmp_path / "lut.csv"
+    shutil.copy(verified["lut"], lut)
+    before = lut.read_text()
+    out = tmp_path / "report"
+    res = run("verify", "--lut", lut, "--samples", 2, "--seed", 9, "--rounds", 1, "--noise-repeats", 0, "--no-calibrate",
+              "--min-runs", 5, "--min-time", 0, "--workers", 1, "--out", out, "-q")
+    assert res.exit_code == 0, res.output
+    s = json.loads((out / REPORT_FILES["summary"]).read_text())
+    assert s["calibrated"]["source"] == "stored in the LUT" and s["counts"]["calibration"] == 0
+    table = read_lut(lut)
+    cal, sp = calibration_of(table), table.space()
+    rows = list(csv.DictReader((out / REPORT_FILES["csv"]).open(newline="")))
+    assert len(rows) == 2
+    for r in rows:
+        arch = sp.arch(r["blocks"].split(), int(r["head_channels"]), name=r["arch"])
+        assert float(r["calibrated_us"]) == pytest.approx(cal.apply(float(r["predicted_us"]), arch), abs=0.01)
+    assert lut.read_text() == before
+
+
 def test_verify_rejects_another_backend_and_uncovered_space(verified, tmp_path):
     res = runner.invoke(app, ["verify", "--lut", str(verified["original"]), "--backend", "onnxruntime", "--out",
                               str(tmp_path / "r")])

@@ -93,11 +93,55 @@ def test_verify_measures_channel_archs_against_interpolated_predictions(grid, tm
     assert any(c.status == "interp" for c in predict_interpolated(load_arch(files["c-one"]), lut).layers)
     s = json.loads((out / "summary.json").read_text())
     assert s["counts"]["given"] == 2 and s["counts"]["held_out"] == 2 and s["counts"]["calibration"] == 0
-    assert s["prediction"].startswith("interpolated") and s["calibrated"]["source"] == "none (grid LUT)"
-    assert any("grid LUT" in n for n in s["notes"]) and set(s["given"]) == {"c-one", "c-two"}
+    assert s["prediction"].startswith("interpolated") and s["calibrated"]["source"] == "none"  # no random archs
+    assert set(s["given"]) == {"c-one", "c-two"}
     assert "--arch" in s["command"] and "--samples 0" in s["command"]
     assert (out / "verify.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert lut_path.read_text() == before  # no calibration stored into a grid LUT
+    assert lut_path.read_text() == before  # nothing fitted, nothing stored
+
+
+def test_verify_fits_and_stores_a_calibration_of_a_grid_lut(grid, tmp_path, monkeypatch):
+    """On a grid LUT verify fits a calibration on its calibration split (only the models a DMaskingNAS search
+    can apply) and --store writes it into the LUT; predictions of any arch of the space then carry the
+    calibrated latency, over interpolated layers too."""
+    from fbprof.lut.calibration import GRID_MODELS, calibration_of, group_sums
+
+    import fbprof.verify as verify_mod
+
+    asked, real = [], verify_mod.select_and_fit
+
+    def spy(*args, **kw):  # which models verify lets compete on a grid LUT (7 archs alone would rule out 3 of 5)
+        asked.append(kw.get("models"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(verify_mod, "select_and_fit", spy)
+    lut_path, files = grid
+    out = tmp_path / "report"
+    res = run("verify", "--lut", lut_path, "--samples", 10, "--calib-fraction", 0.7, "--rounds", 1, "--noise-repeats", 0,
+              "--calibrate", "--store", "--out", out, *QUICK)
+    assert res.exit_code == 0, res.output
+    assert asked == [GRID_MODELS]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["counts"]["calibration"] == 7 and s["calibrated"]["source"] == "fitted"
+    lut = read_lut(lut_path)
+    cal = calibration_of(lut)
+    assert cal is not None and cal.model in GRID_MODELS and set(s["calibration"]["loo_rmspe_pct"]) <= set(GRID_MODELS)
+    a = load_arch(files["c-one"])
+    pred = predict_interpolated(a, lut)
+    assert any(c.status == "interp" for c in pred.layers)
+    assert group_sums(a, lut, "all")["all"] == pytest.approx(pred.total_us)  # the fit saw the interpolated sums
+    assert pred.calibrated_us == pytest.approx(cal.apply(pred.total_us, a)) and pred.calibrated_us != pred.total_us
+    res = run("predict", files["c-one"], "--lut", lut_path)
+    assert res.exit_code == 0 and "calibrat" in res.output, res.output
+    # --no-calibrate: the stored calibration is reported on every network (no split, nothing fitted or stored)
+    before = lut_path.read_text()
+    res = run("verify", "--lut", lut_path, "--arch", files["c-one"], "--samples", 0, "--rounds", 1, "--noise-repeats", 0,
+              "--no-calibrate", "--out", tmp_path / "again", *QUICK)
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert s["calibrated"]["source"] == "stored in the LUT" and lut_path.read_text() == before
+    row = next(csv.DictReader((tmp_path / "again" / "verify.csv").open()))
+    assert float(row["calibrated_us"]) == pytest.approx(pred.calibrated_us, abs=1e-3)
 
 
 def test_rows_read_are_all_a_grid_prediction_needs(grid):
@@ -147,7 +191,7 @@ def test_plan_samples_channel_archs_the_grid_covers_and_refuses_uncovered_ones(g
     randoms = [a for a in plan.archs if plan.kinds[a.name] == "random"]
     assert len(randoms) == 6 and all(isinstance(a, ChannelArch) for a in randoms)
     assert len({(a.blocks, a.channels, a.stem_channels) for a in randoms}) == 6  # distinct
-    assert not plan.calibrate and set(plan.splits.values()) == {"held-out"}
+    assert plan.calibrate and sorted(plan.splits.values()).count("calibration") == 2  # 30% of 6, as on any LUT
     for a in randoms:
         predict_interpolated(a, lut)  # every op inside the grid
     again = plan_verify(VerifyRequest(lut_path, device=None, samples=6, seed=3))
@@ -171,7 +215,7 @@ def test_plan_samples_channel_archs_the_grid_covers_and_refuses_uncovered_ones(g
     with pytest.raises(InputError, match="two networks are named"):
         plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=twice))
     plan = plan_verify(VerifyRequest(lut_path, device=None, samples=0, archs=[load_arch(files["c-two"])]))
-    assert not plan.calibrate and plan.kinds == {"c-two": "given"} and plan.space.name == sp.name
+    assert set(plan.splits.values()) == {"held-out"} and plan.kinds == {"c-two": "given"} and plan.space.name == sp.name
     res = runner.invoke(app, ["verify", "--lut", str(lut_path), "--samples", "500", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "--arch" in res.output  # the message's hint
 
@@ -288,3 +332,39 @@ def test_interp_check_paired_times_every_op_once_per_iteration(grid, tmp_path, r
     for scheme in ("bilinear", "macs"):  # the same samples, read with either scheme (benchmarks/interp_schemes.py)
         again = same_run_check(lut, sorted(s.key for s in held), measured, scheme)
         assert [k for k, _, _ in again.rows] == sorted(s.key for s in held) and all(p > 0 for _, _, p in again.rows)
+
+
+def test_interp_check_measures_the_corners_of_further_grids_in_the_same_run(grid, tmp_path):
+    """``interleaved_interp_check(also=[...])`` (benchmarks/interp_schemes.py --also): the corner rows another grid
+    of the space reads for the same held-out ops are measured in the same run, so both grids are scored on the same
+    samples; a grid of another backend is refused."""
+    import dataclasses
+
+    from fbprof.backends.cache import ArtifactCache
+    from fbprof.devices.local import LocalDevice
+    from fbprof.lut.interp import GridLut
+    from fbprof.spec import OpSpec
+    from fbprof.verify.interp import interleaved_interp_check, same_run_check
+
+    lut_path, _ = grid
+    coarse = read_lut(lut_path)
+    fine_sp = dataclasses.replace(coarse.space(), grid_points=3)
+    rows = [LutRow(s.key, "ok", Stats(5, 1, _us(s), _us(s), _us(s), _us(s), 0.0, 0.0, _us(s), _us(s)))
+            for s in fine_sp.all_specs()]
+    write_lut(tmp_path / "fine.csv", {**coarse.header, "grid": format_grid(fine_sp.grid())}, rows)
+    fine = read_lut(tmp_path / "fine.csv")
+    assert len(fine.rows) > len(coarse.rows)
+    held = [s.key for s in coarse.space().heldout_specs(3, seed=1)]
+    check, measured = interleaved_interp_check(coarse, held, LocalDevice(), ArtifactCache(tmp_path / "c"), paired=3,
+                                               also=[fine])
+    reads = [{k for h in held for k in GridLut(g).sources(OpSpec.parse(h))} for g in (coarse, fine)]
+    assert reads[1] - reads[0] and set(measured) == set(held) | reads[0] | reads[1]
+    assert [k for k, _, _ in check.rows] == sorted(held)
+    again = same_run_check(fine, held, measured)
+    assert [k for k, _, _ in again.rows] == held and not again.skipped
+    for key, m, p in again.rows:
+        assert m == pytest.approx(sorted(measured[key])[1]) and p > 0
+    write_lut(tmp_path / "ort.csv", {**fine.header, "backend": "onnxruntime"}, rows)
+    with pytest.raises(InputError, match="must share a backend"):
+        interleaved_interp_check(coarse, held, LocalDevice(), ArtifactCache(tmp_path / "c"), paired=3,
+                                 also=[read_lut(tmp_path / "ort.csv")])

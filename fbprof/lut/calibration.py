@@ -36,6 +36,7 @@ from typing import Any, Protocol, Sequence
 
 from fbprof.errors import FileFormatError, InputError
 from fbprof.fileio import LockHeld, OutputLock
+from fbprof.lut.interp import GridLut
 from fbprof.lut.table import Lut, LutRow, read_lut, write_lut
 from fbprof.space import Arch
 
@@ -44,6 +45,7 @@ __all__ = [
     "LinearCalibration",
     "FitReport",
     "MODELS",
+    "GRID_MODELS",
     "HEADER_FIELD",
     "CALIBRATION_SCHEMA",
     "calibration_of",
@@ -67,6 +69,12 @@ MODELS: dict[str, tuple[bool, str]] = {
     "resolution": (True, "resolution"),
     "weights": (True, "weights"),
 }
+
+
+#: the models fitted on a grid LUT (a channel space, FBNetV2): those whose groups a DMaskingNAS search can weigh
+#: layer by layer (``resolution`` cuts by a final feature map that the searched resolution moves; ``weights`` counts
+#: the parameters of whole-channel ops)
+GRID_MODELS = ("scale", "linear", "stages")
 
 
 class Calibration(Protocol):
@@ -141,11 +149,19 @@ def group_names(grouping: str) -> list[str]:
 
 
 def group_sums(arch: Arch, lut: Lut, grouping: str) -> dict[str, float]:
-    """LUT latency (us) of the arch's ops summed per group (identity skips cost 0); the ``weights`` grouping
-    adds ``weight_mb``, the MB of float32 weights of those ops."""
+    """LUT latency (us) of the arch's ops summed per group (identity skips cost 0; on a grid LUT an op off the
+    grid costs its interpolation); the ``weights`` grouping adds ``weight_mb``, the MB of float32 weights of
+    those ops."""
+    if "grid" in lut.header:
+        grid = GridLut(lut)
+
+        def latency(spec: Any) -> float:
+            return grid.latency_us(spec)[0]
+    else:
+        latency = lut.latency_us
     sums = {g: 0.0 for g in group_names(grouping)}
     for part, _, spec in arch_parts(arch):
-        sums[group_of(part, spec, grouping, arch.space)] += lut.latency_us(spec)
+        sums[group_of(part, spec, grouping, arch.space)] += latency(spec)
         if grouping == "weights":
             sums["weight_mb"] += 4 * spec.params() / 1e6
     return sums
@@ -238,12 +254,18 @@ def parse_calibration(value: str, where: str) -> LinearCalibration:
 def calibration_of(lut: Lut) -> LinearCalibration | None:
     """The LUT's calibration, or None when it has none or when its rows changed since it was fitted.
 
-    A malformed calibration line is an error naming the file and line.
+    A malformed calibration line, or on a grid LUT a model outside :data:`GRID_MODELS`, is an error naming the
+    file and line.
     """
     value = lut.header.get(HEADER_FIELD)
     if value is None:
         return None
     cal = parse_calibration(value, lut.where(HEADER_FIELD))
+    if "grid" in lut.header and cal.model not in GRID_MODELS:
+        raise FileFormatError(lut.path, [f"{lut.where(HEADER_FIELD)}: calibration: model {cal.model!r} on a grid LUT, "
+                                         f"whose calibration is one of {', '.join(GRID_MODELS)}"],
+                              hint="run `fbprof verify --calibrate` again (on a grid LUT it fits only those), "
+                                   "or delete the calibration line")
     if cal.info.get("rows_digest") != rows_digest(lut.rows):
         return None  # fitted on other numbers: stale (documented in docs/lut-format.md)
     cal.lut = lut
@@ -351,6 +373,9 @@ def store_calibration(lut_path: str, cal: LinearCalibration, info: dict[str, Any
     try:
         with OutputLock(lut_path, "fbprof verify (storing a calibration)"):
             lut = read_lut(lut_path)
+            if "grid" in lut.header and cal.model not in GRID_MODELS:
+                raise InputError(f"{lut_path}: a grid LUT's calibration is one of {', '.join(GRID_MODELS)}, "
+                                 f"not {cal.model!r}; not stored")
             digest = rows_digest(lut.rows)
             if fitted_rows is not None and digest != rows_digest(fitted_rows):
                 raise InputError(f"{lut_path}: its rows changed while the calibration was being fitted; not stored",

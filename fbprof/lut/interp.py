@@ -222,8 +222,9 @@ def _with_expansion(block: str, e: int | float) -> str:
 
 
 def predict_interpolated(arch, lut: Lut):
-    """:func:`fbprof.lut.predict.predict` for a grid LUT: exact rows where measured, interpolated otherwise.
-    Raises OutsideGridError listing every op the grid cannot answer."""
+    """:func:`fbprof.lut.predict.predict` for a grid LUT: exact rows where measured, interpolated otherwise, and
+    the calibrated latency when the LUT carries a calibration (fitted by `fbprof verify`). Raises
+    OutsideGridError listing every op the grid cannot answer."""
     from fbprof.lut.predict import LayerCost, Prediction
 
     g = GridLut(lut)
@@ -241,7 +242,13 @@ def predict_interpolated(arch, lut: Lut):
         raise OutsideGridError(lut.path, outside, f"architecture {arch.name} ({arch.space.name} at {arch.space.resolution})")
     warnings = [f"{r.key} is {r.status}: {r.note or 'see the LUT'}" for r in lut.not_ok([s for _, s in arch.ops()])]
     total = sum(c.latency_us for c in layers)
-    return Prediction(arch.name, total, layers, warnings)
+    pred = Prediction(arch.name, total, layers, warnings)
+    from fbprof.lut.calibration import calibration_of  # noqa: PLC0415 - calibration imports this module
+
+    cal = calibration_of(lut)
+    if cal is not None:
+        pred.calibrated_us = cal.apply(total, arch)
+    return pred
 
 
 @dataclass

@@ -27,7 +27,8 @@ The latency term (:class:`LatencyModel`) propagates effective shapes: the expect
 weighted by the block's weight; skips (measured exactly at every shape) are ``g_l-1^T LUT g_l``; stem and head
 read their exact rows weighted by the stem's / the last layer's width weights; everything is computed per
 resolution option at that option's spatial sizes and weighted by ``rho``. With hard (one-hot) weights the value is
-exactly the sampled architecture's interpolated latency. theta's gradient in hard mode is that of the FBNet
+exactly the sampled architecture's interpolated latency (with ``--calibrated``, its calibrated prediction: every
+term times its part's scale, plus the intercept). theta's gradient in hard mode is that of the FBNet
 search (``cfg.estimator``): by default the score function of ``cfg.theta_paths`` sampled architectures (block,
 width, stem width and resolution together) on one batch with a leave-one-out baseline (:func:`fbprof.search.dnas.rloo_loss`);
 with ``straight-through`` the gradient of the soft weights reaches every theta through the latency model.
@@ -47,9 +48,10 @@ from torch import nn
 from fbprof.build import build_op
 from fbprof.errors import InputError
 from fbprof.fileio import atomic_write_text
+from fbprof.lut.calibration import GRID_MODELS, LinearCalibration, calibration_of, group_of
 from fbprof.lut.interp import GridLut, OutsideGridError
 from fbprof.lut.table import Lut, read_lut
-from fbprof.search.dnas import (EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
+from fbprof.search.dnas import (CHECKPOINT, EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
                                 _mean, _save_checkpoint, arch_step, epoch_batches, path_log_prob, theta_gradient, open_checkpoint, restore_checkpoint,
                                 recalibrated_eval, schedule)
 from fbprof.search.supernet import MEMORY_FORMAT, adapt_strides, sample_gumbel, to_device
@@ -186,11 +188,23 @@ def channel_masks(widths, cmax: int) -> torch.Tensor:
 class LatencyModel:
     """The differentiable latency (µs) of the relaxed architecture, read from a grid LUT (see the module doc)."""
 
-    def __init__(self, plan: ChannelPlan, glut: GridLut) -> None:
+    def __init__(self, plan: ChannelPlan, glut: GridLut, calibration: LinearCalibration | None = None) -> None:
+        """``calibration``: the LUT's (one of :data:`fbprof.lut.calibration.GRID_MODELS`): every cost is then
+        weighted by its part's scale and the intercept added, so that the latency of a one-hot choice is the
+        calibrated prediction of that architecture."""
+        if calibration is not None and calibration.model not in GRID_MODELS:
+            raise ValueError(f"a channel search weighs calibrations {', '.join(GRID_MODELS)} only, not {calibration.model!r}")
         self.plan, self.glut = plan, glut
         lut, sp = glut.lut, plan.space
         self.stem_widths = torch.tensor(sp.stem_widths, dtype=torch.float32)
         self.widths = [torch.tensor(layer.widths, dtype=torch.float32) for layer in sp.layers]
+
+        def scale(part: str) -> float:
+            return 1.0 if calibration is None else calibration.scales[group_of(part, None, calibration.grouping, sp)]
+
+        self.intercept_us = calibration.intercept_us if calibration is not None else 0.0
+        #: the scale of each searched layer's interpolated costs (skips, stem and head are scaled in their tables)
+        self.layer_scale = [scale(f"s{layer.stage}") for layer in sp.layers]
         self.per_res = []
         for r in plan.resolutions:
             positions, (fh, fw), last = sp._positions(r)
@@ -198,12 +212,13 @@ class LatencyModel:
             def us(spec: OpSpec) -> float:
                 return 0.0 if spec.is_identity else lut.rows[spec.key].median_us
 
-            stem = torch.tensor([us(OpSpec(sp.stem_block, sp.in_channels, r, r, c, sp.stem_stride)) for c in sp.stem_widths])
-            head = torch.tensor([us(OpSpec(sp.head_block, c, fh, fw, plan.head_channels, 1)) for c in last])
-            fc = us(OpSpec("fc", plan.head_channels, 1, 1, sp.num_classes, 1))
+            stem = scale("stem") * torch.tensor([us(OpSpec(sp.stem_block, sp.in_channels, r, r, c, sp.stem_stride))
+                                                 for c in sp.stem_widths])
+            head = scale("tail") * torch.tensor([us(OpSpec(sp.head_block, c, fh, fw, plan.head_channels, 1)) for c in last])
+            fc = scale("tail") * us(OpSpec("fc", plan.head_channels, 1, 1, sp.num_classes, 1))
             layers = []
-            for (layer, h, w, cins), cands in zip(positions, plan.candidates):
-                skip = {b: torch.tensor([[us(OpSpec(b, ci, h, w, co, layer.stride)) for co in layer.widths] for ci in cins])
+            for (layer, h, w, cins), cands, s in zip(positions, plan.candidates, self.layer_scale):
+                skip = {b: s * torch.tensor([[us(OpSpec(b, ci, h, w, co, layer.stride)) for co in layer.widths] for ci in cins])
                         for b in cands if parse_block(b).kind != "ir"}
                 layers.append((layer.stride, h, w, skip))
             self.per_res.append((stem, layers, head, fc))
@@ -225,12 +240,12 @@ class LatencyModel:
                     if block in skip:
                         v = g_in @ skip[block].to(dev) @ g
                     else:
-                        v = self.glut.interpolate(block, stride, h, cin_e, cout_e, w)
+                        v = self.layer_scale[li] * self.glut.interpolate(block, stride, h, cin_e, cout_e, w)
                     lat = lat + wt["block"][li, bi] * v
                 g_in, opts_in = g, opts
             lat = lat + (g_in * head.to(dev)).sum() + fc
             total = total + wt["res"][0, ri] * lat
-        return total
+        return total + self.intercept_us
 
 
 def latency_bounds(plan: ChannelPlan, model: LatencyModel) -> tuple[float, float]:
@@ -247,18 +262,18 @@ def latency_bounds(plan: ChannelPlan, model: LatencyModel) -> tuple[float, float
         stem, layers, head, fc = model.per_res[ri]
         best = [float(v) for v in stem]  # best[i]: latency up to the stem, at stem width option i
         cins = list(sp.stem_widths)
-        for (stride, h, w, skip), cands, layer in zip(layers, plan.candidates, sp.layers):
+        for (stride, h, w, skip), cands, layer, s in zip(layers, plan.candidates, sp.layers, model.layer_scale):
             nxt = []
             for oi, co in enumerate(layer.widths):
                 vals = []
                 for ii, ci in enumerate(cins):
                     for block in cands:
                         cost = (float(skip[block][ii, oi]) if block in skip
-                                else float(model.glut.interpolate(block, stride, h, ci, co, w)))
+                                else s * float(model.glut.interpolate(block, stride, h, ci, co, w)))
                         vals.append(best[ii] + cost)
                 nxt.append(pick(vals))
             best, cins = nxt, list(layer.widths)
-        return pick(v + float(hv) for v, hv in zip(best, head)) + float(fc)
+        return pick(v + float(hv) for v, hv in zip(best, head)) + float(fc) + model.intercept_us
 
     return (min(chain(ri, min) for ri in range(len(plan.resolutions))),
             max(chain(ri, max) for ri in range(len(plan.resolutions))))
@@ -428,7 +443,14 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     if head not in space.head_channels:
         raise InputError(f"--head-channels {head}: space {space.name} offers {', '.join(map(str, space.head_channels))}")
     plan = plan_channel_search(space, glut, head)
-    model = LatencyModel(plan, glut)
+    stored = calibration_of(lut)  # read even without --calibrated: a bad calibration line fails now, not after training
+    calibration = None
+    if cfg.calibrated:
+        if stored is None:
+            raise InputError(f"{cfg.lut}: --calibrated: the LUT has no calibration, or its rows changed since it was "
+                             "fitted", hint="fit one with `fbprof verify --lut FILE` (it stores the calibration in the LUT)")
+        calibration = stored
+    model = LatencyModel(plan, glut, calibration)
     masks = plan.masks()
     target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
     state_prev, meta_prev = open_checkpoint(cfg)
@@ -443,6 +465,15 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx, meta_prev)
 
     lo_us, hi_us = latency_bounds(plan, model)
+    latency = calibration.describe() if calibration is not None else "raw LUT sums"
+    if calibration is not None and (lo_us <= 1.0 or any(v < 0 for v in calibration.scales.values())):
+        raise InputError(f"{cfg.lut}: --calibrated: the stored calibration ({latency}) gives a cheapest architecture of "
+                         f"{lo_us:.1f} us or negative costs: not a latency the loss can take the log of",
+                         hint="search without --calibrated, or re-fit the calibration with `fbprof verify`")
+    if meta_prev is not None and meta_prev.get("latency", "raw LUT sums") != latency:
+        raise InputError(f"{out / CHECKPOINT} was searched with latency {meta_prev.get('latency', 'raw LUT sums')!r}, "
+                         f"now {latency!r} (the LUT's calibration changed)",
+                         hint="resume with the LUT it was made with, or use another --out")
 
     torch.manual_seed(cfg.seed)
     net = MaskedSupernet(proxy, plan.candidates, head, plan.resolutions).to(device, memory_format=MEMORY_FORMAT)
@@ -468,6 +499,7 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         "w_steps_per_epoch": w_steps if not cfg.max_steps else min(w_steps, cfg.max_steps),
         "start_epoch": start, "world_size": dist.world, "target_us": target_us,
         "lut_range_us": [lo_us, hi_us], "data_notes": list(data.notes), "plan_notes": list(plan.notes),
+        "latency": latency,
     }
     lis.on_start(info)
     for n in plan.notes:
@@ -548,7 +580,7 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         history.append(record)
         if dist.main:
             meta = {"epoch_done": epoch + 1, "epochs": epochs, "config": cfg.identity(), "history": history,
-                    "search": "dmasking"}
+                    "search": "dmasking", "latency": latency}
             state = {"supernet": net.state_dict(), "opt_w": opt_w.state_dict(), "opt_theta": opt_t.state_dict(),
                      **{f"theta_{k}": th[k].clone() for k in KEYS}}
             _save_checkpoint(out, state, meta)
@@ -583,7 +615,8 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
         pred = predict(arch, lut)
         if dist.main:
             arch.dump(path)
-        archs.append(ArchResult(label, arch.name, list(arch.blocks), str(path), pred.total_us, arch.macs(),
+        archs.append(ArchResult(label, arch.name, list(arch.blocks), str(path),
+                                pred.best_us if calibration is not None else pred.total_us, arch.macs(),
                                 arch.params(), _log_prob(th, masks, idx), pred.warnings, list(arch.channels),
                                 arch.space.resolution))
     heldout = heldout_ce = None

@@ -331,8 +331,6 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     # ---- LUT and space: every problem before any training -------------------------------------
     lut = read_lut(cfg.lut)
     if "grid" in lut.header:  # a grid LUT is built for a channel space (FBNetV2): the DMaskingNAS search
-        if cfg.calibrated:
-            raise InputError(f"{cfg.lut}: --calibrated: a grid LUT carries no calibration (verify fits none on grid LUTs)")
         from fbprof.search.dmasking import run_dmasking
 
         return run_dmasking(cfg, listener, lut)

@@ -3,7 +3,8 @@
 :func:`run_verify` draws architectures from the LUT's search space (uniform over the candidates of
 every layer, seeded), adds the published FBNet-A/B/C when the space is ``fbnet`` and the networks given by
 name or file (``VerifyRequest.archs``). A channel space such as ``fbnetv2`` is sampled over the widths,
-blocks and resolutions its grid LUT covers; such a LUT predicts by interpolation and gets no calibration, builds each whole
+blocks and resolutions its grid LUT covers; such a LUT predicts by interpolation and is calibrated with the
+models a DMaskingNAS search can apply (:data:`fbprof.lut.calibration.GRID_MODELS`). Verify builds each whole
 network with :func:`fbprof.build.build_arch`, exports it like the LUT's ops (same format and
 options, content-addressed cache) and measures it on the device with the same loop, backend and
 threads as the LUT. Measuring is interleaved and repeated: every round visits every architecture
@@ -35,7 +36,8 @@ from fbprof import __version__
 from fbprof.artifact import Artifact
 from fbprof.errors import InputError, MeasurementError
 from fbprof.loop import INVALID, OK, Stats
-from fbprof.lut.calibration import FitReport, LinearCalibration, calibration_of, select_and_fit, store_calibration
+from fbprof.lut.calibration import (GRID_MODELS, FitReport, LinearCalibration, calibration_of, select_and_fit,
+                                    store_calibration)
 from fbprof.lut.predict import predict, rows_read
 from fbprof.lut.table import LutRow
 from fbprof.profiler.export import export_archs, export_ops
@@ -153,12 +155,11 @@ def run_verify(req: VerifyRequest, listener: VerifyListener | None = None, expor
     cal: LinearCalibration | None = None
     fit_report: FitReport | None = None
     source = "none"
-    if not plan.calibrate:
-        source = "none (grid LUT)" if is_grid(plan.lut) else "none"
-    elif req.calibrate:
+    if req.calibrate:
         calib = [r for r in good if r.split == CALIBRATION]
         try:
-            cal, fit_report = select_and_fit([r.arch for r in calib], [r.measured_us for r in calib], plan.lut)
+            cal, fit_report = select_and_fit([r.arch for r in calib], [r.measured_us for r in calib], plan.lut,
+                                             **({"models": GRID_MODELS} if is_grid(plan.lut) else {}))
             source = "fitted"
         except ValueError as e:
             lis.on_note(f"no calibration fitted: {e}")

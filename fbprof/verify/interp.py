@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+from typing import Sequence
 
 from fbprof.artifact import Artifact
 from fbprof.backends import get_backend
@@ -31,11 +32,12 @@ __all__ = ["interleaved_interp_check", "same_run_check"]
 def interleaved_interp_check(grid: Lut, heldout_keys: list[str], device: Device, cache: ArtifactCache, rounds: int = 3,
                              seed: int = 0, options: dict | None = None, export_workers: int = 1,
                              listener: VerifyListener | None = None, paired: int = 0,
-                             scheme: str = "bilinear") -> tuple[InterpCheck, dict[str, list[float]]]:
+                             scheme: str = "bilinear", also: Sequence[Lut] = ()) -> tuple[InterpCheck, dict[str, list[float]]]:
     """(check, samples in µs of every op measured: round medians, or with ``paired`` > 0 that many per-call
     samples of sample-level pairing, every op timed once per iteration). Held-out ops the grid cannot answer,
     or that are not inverted residuals, are skipped (listed in the check); ops that fail to export or measure
-    too."""
+    too. ``also``: further grid LUTs (same backend) whose corner rows for the same held-out ops are measured in
+    the same run, so that :func:`same_run_check` can compare grids on the same samples."""
     device.check_paired(paired, "use --rounds")
     g = GridLut(grid, scheme=scheme)
     reads: dict[str, list[str]] = {}
@@ -51,7 +53,18 @@ def interleaved_interp_check(grid: Lut, heldout_keys: list[str], device: Device,
             skipped.append((key, e.queries[0]))
     if not reads:
         raise InputError(f"no held-out op that the grid of {grid.path} can answer")
-    keys = sorted(set(reads) | {k for ks in reads.values() for k in ks})
+    keys = set(reads) | {k for ks in reads.values() for k in ks}
+    for other in also:
+        if other.header.get("backend", "") != grid.header.get("backend", ""):
+            raise InputError(f"{other.path}: backend {other.header.get('backend', '')!r}, but {grid.path} is "
+                             f"{grid.header.get('backend', '')!r}: grids compared in one run must share a backend")
+        g2 = GridLut(other, scheme=scheme)
+        for key in reads:
+            try:
+                keys.update(g2.sources(OpSpec.parse(key)))
+            except OutsideGridError:
+                pass  # same_run_check lists it as skipped for that grid
+    keys = sorted(keys)
     backend = grid.header.get("backend", "")
     fmt = grid.header.get("format") or get_backend(backend).format
     exported = export_ops([OpSpec.parse(k) for k in keys], fmt, cache, options, workers=export_workers)

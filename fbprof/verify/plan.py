@@ -1,7 +1,8 @@
 """Planning a verify run: which networks (seeded random ones, the published FBNet-A/B/C and networks given
 by name or file), which split each belongs to (calibration or held-out), and the LUT's backend, threads and
 loop. A grid LUT (a channel space, FBNetV2) predicts by interpolation; its random networks are drawn over
-what its grid covers (:func:`sample_channel_archs`) and no calibration is fitted on it."""
+what its grid covers (:func:`sample_channel_archs`) and its calibration is one of
+:data:`fbprof.lut.calibration.GRID_MODELS`."""
 
 from __future__ import annotations
 
@@ -209,7 +210,7 @@ class VerifyPlan:
     kinds: dict[str, str]  # name -> random | published | given
     splits: dict[str, str]  # name -> calibration | held-out
     noise_arch: str | None
-    calibrate: bool = True  # False for a grid LUT: no calibration is fitted or applied
+    calibrate: bool = True  # fit a calibration on the calibration split (on a grid LUT: GRID_MODELS only)
     notes: list[str] = field(default_factory=list)  # told to the listener by run_verify
 
 
@@ -320,7 +321,6 @@ def plan_verify(req: VerifyRequest) -> VerifyPlan:
     space = req.space or lut.space()
     require_space(lut, space)
     loop = req.loop or lut.loop_config()
-    grid = is_grid(lut)
     notes: list[str] = []
     if isinstance(space, ChannelSpace):
         archs: list = sample_channel_archs(space, req.samples, req.seed, lut)
@@ -339,10 +339,6 @@ def plan_verify(req: VerifyRequest) -> VerifyPlan:
         predict(a, lut)  # an op the LUT (or its grid) cannot answer fails now, before any export
     kinds = {a.name: "random" for a in archs} | {a.name: "published" for a in pub} | {a.name: "given" for a in given}
     calibrate = req.calibrate
-    if grid:
-        calibrate = False
-        notes.append("grid LUT: predictions are interpolated; no calibration is fitted or applied yet "
-                     "(every network is held out, raw predictions only)")
     # calibration split: a seeded share of the random archs; everything else is held out
     order = [a.name for a in archs]
     random.Random(f"split-{req.seed}").shuffle(order)

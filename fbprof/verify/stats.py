@@ -92,7 +92,7 @@ class VerifyResult:
     results: list[NetworkMeasurement]
     noise: NoiseFloor | None
     calibration: LinearCalibration | None
-    calibration_source: str  # "fitted", "stored in the LUT", "none" or "none (grid LUT)"
+    calibration_source: str  # "fitted", "stored in the LUT" or "none"
     fit_report: FitReport | None
     summary: dict[str, Any]
     failed: dict[str, str]
