@@ -439,3 +439,11 @@ def test_the_recorded_verify_command_says_what_an_api_call_measured():
     cli = verify_command(VerifyConfig(lut="x.csv", min_runs=5, paired=9, rounds=3))
     assert cli.startswith("fbprof verify --lut x.csv --device local --samples 100 --seed 0 --rounds 3 --paired 9 ")
     assert cli.endswith("--min-runs 5")
+
+
+def test_plot_legend_says_tau_is_undefined_rather_than_nan():
+    """Two networks give no Kendall tau (None, or nan from the stats): the legend says ``-``; a tau of 0 is a value."""
+    from fbprof.verify.report import _tau
+
+    assert _tau(None) == "-" and _tau(float("nan")) == "-"
+    assert _tau(0.0) == "0.000" and _tau(0.8571) == "0.857"

@@ -22,6 +22,11 @@ CSV_COLUMNS = ("arch", "kind", "split", "predicted_us", "calibrated_us", "measur
 REPORT_FILES = {"csv": "verify.csv", "summary": "summary.json", "plot": "verify.png"}
 
 
+def _tau(v: float | None) -> str:
+    """Kendall's tau for a legend: ``-`` when it is undefined (fewer than 2 networks)."""
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
 def num(v: float | None, digits: int = 3) -> str:
     """A CSV cell: fixed digits, empty for None."""
     return "" if v is None else f"{v:.{digits}f}"
@@ -81,7 +86,7 @@ def plot_png(result: VerifyResult) -> bytes:
     ax.plot(xs, xs, color="black", lw=0.8)
     raw = s["raw"]["held_out"]
     ax.scatter(meas, [r.predicted_us / 1000 for r in good], s=14, color="tab:blue", alpha=0.7,
-               label=f"{'interpolated LUT' if s.get('prediction', '').startswith('interpolated') else 'raw LUT sum'} (held-out MAPE {raw.get('mape_pct', float('nan')):.1f}%, τ {raw.get('kendall_tau') or float('nan'):.3f})")
+               label=f"{'interpolated LUT' if s.get('prediction', '').startswith('interpolated') else 'raw LUT sum'} (held-out MAPE {raw.get('mape_pct', float('nan')):.1f}%, τ {_tau(raw.get('kendall_tau'))})")
     now = [r for r in good if r.same_run_us is not None]
     if now and s.get("same_run_rows"):
         sr = s["same_run_rows"]["raw"]["all"]
@@ -111,7 +116,7 @@ def plot_png(result: VerifyResult) -> bytes:
     ax.grid(alpha=0.3)
     tau_m = s["macs"]["all"].get("kendall_tau")
     bx.scatter([r.arch.macs() / 1e6 for r in good], meas, s=14, color="tab:purple", alpha=0.7,
-               label=f"MACs (τ {tau_m if tau_m is not None else float('nan'):.3f} to measured)")
+               label=f"MACs (τ {_tau(tau_m)} to measured)")
     for r in good:
         if r.kind in ("published", "given"):
             bx.annotate(r.name, (r.arch.macs() / 1e6, r.measured_us / 1000), fontsize=7, xytext=(3, -8),
