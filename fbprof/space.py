@@ -201,19 +201,23 @@ class SpaceTag:
             raise InputError(f"{where}: cannot read space {text[:80]!r}: {problem}")
         return cls(name, res, width)
 
-    def load(self, near: str | Path | None = None) -> "Space":
-        """The space: a packaged one by name, else the file ``NAME.yaml`` (``.yml``, ``.json``) in the folder
-        ``near`` (a LUT's folder). A name is never a path, so a LUT cannot make fbprof read any other file."""
+    def source(self, near: str | Path | None = None) -> str:
+        """What names the space: the packaged name, else the file ``NAME.yaml`` (``.yml``, ``.json``) in the
+        folder ``near`` (a LUT's folder). A name is never a path, so a LUT cannot make fbprof read any other file."""
         if not _SPACE_NAME_RE.fullmatch(self.name) or ".." in self.name:
             raise InputError(f"space {self.name[:80]!r}: not a space name")
         if self.name in _packaged("spaces") or near is None:
-            return load_space(self.name, self.resolution, self.width)
+            return self.name
         for ext in (".yaml", ".yml", ".json"):
             f = Path(near) / f"{self.name}{ext}"
             if f.is_file():
-                return load_space(f, self.resolution, self.width)
+                return str(f)
         raise InputError(f"unknown space {self.name!r}: not packaged ({', '.join(space_names())}) and no "
                          f"{self.name}.yaml next to the LUT in {near}", hint="give the space file with --space")
+
+    def load(self, near: str | Path | None = None) -> "Space":
+        """The space at this tag's resolution and width, found as :meth:`source` says."""
+        return load_space(self.source(near), self.resolution, self.width)
 
 
 def format_space_tags(tags) -> str:

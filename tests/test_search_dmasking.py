@@ -348,3 +348,23 @@ def test_calibrated_channel_search_reads_the_grid_luts_calibration(grid, tmp_pat
     assert summary["info"]["latency"] == cal.describe()
     best = res.archs[0]
     assert best.predicted_us == pytest.approx(predict(load_arch(best.path), lut).calibrated_us)
+
+
+def test_the_space_file_next_to_the_lut_is_found_without_space(grid, tmp_path):
+    """Like `fbprof predict` and `verify`, the search finds a channel space named in the LUT's header as NAME.yaml next
+    to the LUT; without that file it says so and asks for --space (before any training)."""
+    from fbprof.cli import app
+
+    sp_path, lut_path = grid
+    base = ["search", "--lut", str(lut_path), "--data", "digits", "--limit-per-class", "8", "--resolution", "16",
+            "--epochs", "1", "--warmup-epochs", "0", "--min-epoch-steps", "1", "--max-steps", "1", "-b", "8",
+            "--samples", "0", "-q"]
+    runner = CliRunner()
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "found")])
+    assert r.exit_code == 0, r.output
+    assert load_arch(tmp_path / "found" / "arch-best.yaml").space.source == str(sp_path.resolve())
+    sp_path.rename(tmp_path / "elsewhere.yaml")
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "lost")])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and "v2search.yaml next to the LUT" in said and "--space" in said, r.output
+    assert not (tmp_path / "lost").exists()

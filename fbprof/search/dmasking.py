@@ -408,9 +408,11 @@ def _channel_space(cfg: SearchConfig, lut: Lut) -> ChannelSpace:
         if not tags:
             raise InputError(f"{lut.path}: the header names no space; give --space")
         name = tags[0].name
-    if str(name).endswith((".yaml", ".yml", ".json")) or "/" in str(name):
-        name = str(Path(name).resolve())  # architecture files then name the space file unambiguously
     try:
+        if cfg.space is None:
+            name = tags[0].source(Path(lut.path).parent)  # packaged, or NAME.yaml next to the LUT (as predict finds it)
+        if str(name).endswith((".yaml", ".yml", ".json")) or "/" in str(name):
+            name = str(Path(name).resolve())  # architecture files then name the space file unambiguously
         sp = load_space(name, cfg.lut_resolution, cfg.width)
     except InputError as e:
         if cfg.space is not None:
