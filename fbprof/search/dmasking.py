@@ -51,9 +51,9 @@ from fbprof.fileio import atomic_write_text
 from fbprof.lut.calibration import GRID_MODELS, LinearCalibration, calibration_of, group_of
 from fbprof.lut.interp import GridLut, OutsideGridError
 from fbprof.lut.table import Lut, read_lut
-from fbprof.search.dnas import (CHECKPOINT, EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
+from fbprof.search.dnas import (EVAL_CAL_IMAGES, EVAL_THETA_IMAGES, PEAK_TAU, ArchResult, SearchConfig, SearchListener, SearchResult, _Dist, _device,
                                 _mean, _save_checkpoint, arch_step, epoch_batches, path_log_prob, theta_gradient, open_checkpoint, restore_checkpoint,
-                                recalibrated_eval, schedule)
+                                recalibrated_eval, schedule, search_latency, searched_calibration)
 from fbprof.search.supernet import MEMORY_FORMAT, adapt_strides, sample_gumbel, to_device
 from fbprof.space import ChannelArch, ChannelSpace, decode_channel_space, load_space
 from fbprof.spec import OpSpec, parse_block
@@ -445,13 +445,8 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     if head not in space.head_channels:
         raise InputError(f"--head-channels {head}: space {space.name} offers {', '.join(map(str, space.head_channels))}")
     plan = plan_channel_search(space, glut, head)
-    stored = calibration_of(lut)  # read even without --calibrated: a bad calibration line fails now, not after training
-    calibration = None
-    if cfg.calibrated:
-        if stored is None:
-            raise InputError(f"{cfg.lut}: --calibrated: the LUT has no calibration, or its rows changed since it was "
-                             "fitted", hint="fit one with `fbprof verify --lut FILE` (it stores the calibration in the LUT)")
-        calibration = stored
+    calibration_of(lut)  # read even without --calibrated: a bad calibration line fails now, not after training
+    calibration = searched_calibration(cfg, lut)
     model = LatencyModel(plan, glut, calibration)
     masks = plan.masks()
     target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
@@ -467,15 +462,8 @@ def run_dmasking(cfg: SearchConfig, listener: SearchListener | None = None, lut:
     reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx, meta_prev)
 
     lo_us, hi_us = latency_bounds(plan, model)
-    latency = calibration.describe() if calibration is not None else "raw LUT sums"
-    if calibration is not None and (lo_us <= 1.0 or any(v < 0 for v in calibration.scales.values())):
-        raise InputError(f"{cfg.lut}: --calibrated: the stored calibration ({latency}) gives a cheapest architecture of "
-                         f"{lo_us:.1f} us or negative costs: not a latency the loss can take the log of",
-                         hint="search without --calibrated, or re-fit the calibration with `fbprof verify`")
-    if meta_prev is not None and meta_prev.get("latency", "raw LUT sums") != latency:
-        raise InputError(f"{out / CHECKPOINT} was searched with latency {meta_prev.get('latency', 'raw LUT sums')!r}, "
-                         f"now {latency!r} (the LUT's calibration changed)",
-                         hint="resume with the LUT it was made with, or use another --out")
+    latency = search_latency(cfg, calibration, lo_us,
+                             calibration is not None and any(v < 0 for v in calibration.scales.values()), meta_prev)
 
     torch.manual_seed(cfg.seed)
     net = MaskedSupernet(proxy, plan.candidates, head, plan.resolutions).to(device, memory_format=MEMORY_FORMAT)

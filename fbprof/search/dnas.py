@@ -42,7 +42,7 @@ from fbprof.space import Space, load_space
 
 __all__ = [
     "SearchConfig", "SearchListener", "SearchResult", "ArchResult", "run_search", "resolve_lut_space", "lut_spaces",
-    "CHECKPOINT", "CHECKPOINT_META", "open_checkpoint", "restore_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
+    "CHECKPOINT", "CHECKPOINT_META", "searched_calibration", "search_latency", "open_checkpoint", "restore_checkpoint", "schedule", "epoch_batches", "arch_loss", "recalibrated_eval",
     "sample_loss", "arch_step", "rloo_loss", "rloo_step", "path_log_prob", "theta_gradient", "ESTIMATORS", "load_checkpoint",
 ]
 
@@ -311,6 +311,36 @@ def _probs(theta, mask) -> list[list[float]]:
 
 
 # --------------------------------------------------------------------------------------------------
+def searched_calibration(cfg: SearchConfig, lut: Lut):
+    """The LUT's stored calibration when ``cfg.calibrated`` (None otherwise); a LUT without a current one is
+    refused before any training. Shared by the FBNet and the DMaskingNAS search."""
+    if not cfg.calibrated:
+        return None
+    from fbprof.lut.calibration import calibration_of
+
+    calibration = calibration_of(lut)
+    if calibration is None:
+        raise InputError(f"{cfg.lut}: --calibrated: the LUT has no calibration, or its rows changed since it was "
+                         "fitted", hint="fit one with `fbprof verify --lut FILE` (it stores the calibration in the LUT)")
+    return calibration
+
+
+def search_latency(cfg: SearchConfig, calibration, lo_us: float, negative: bool, meta_prev: dict | None) -> str:
+    """What the latency term reads (``info.latency``, kept in the checkpoint): the calibration's description or raw
+    LUT sums. Refuses a calibration whose cheapest architecture (``lo_us``) is not positive or that gives negative
+    costs, and a resume of a checkpoint searched with another latency."""
+    latency = calibration.describe() if calibration is not None else "raw LUT sums"
+    if calibration is not None and (lo_us <= 1.0 or negative):
+        raise InputError(f"{cfg.lut}: --calibrated: the stored calibration ({latency}) gives a cheapest architecture of "
+                         f"{lo_us:.1f} us or negative per-op costs: not a latency the loss can take the log of",
+                         hint="search without --calibrated, or re-fit the calibration with `fbprof verify`")
+    if meta_prev is not None and meta_prev.get("latency", "raw LUT sums") != latency:
+        raise InputError(f"{Path(cfg.out) / CHECKPOINT} was searched with latency {meta_prev.get('latency', 'raw LUT sums')!r}, "
+                         f"now {latency!r} (the LUT's calibration changed)",
+                         hint="resume with the LUT it was made with, or use another --out")
+    return latency
+
+
 def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> SearchResult:
     """Run (or resume) a search; returns the architectures written and the history."""
     import torch
@@ -340,14 +370,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     lut_space.tail_specs(head)  # validates
     warnings = [f"LUT row {r.key} is {r.status}" + (f": {r.note}" if r.note else "")
                 for r in lut.not_ok(lut_space.all_specs())]
-    calibration = None
-    if cfg.calibrated:
-        from fbprof.lut.calibration import calibration_of
-
-        calibration = calibration_of(lut)
-        if calibration is None:
-            raise InputError(f"{cfg.lut}: --calibrated: the LUT has no calibration, or its rows changed since it was "
-                             "fitted", hint="fit one with `fbprof verify --lut FILE` (it stores the calibration in the LUT)")
+    calibration = searched_calibration(cfg, lut)
     lat, mask, fixed_us, _keys = latency_table(lut_space, lut, head, calibration)
     target_us = cfg.target_ms * 1000.0 if cfg.target_ms is not None else None
 
@@ -367,14 +390,7 @@ def run_search(cfg: SearchConfig, listener: SearchListener | None = None) -> Sea
     reps, w_steps, t_reps, epochs, warmup = schedule(cfg, dist, w_idx, t_idx, meta_prev)
     lo_us = fixed_us + float(lat.masked_fill(~mask, float("inf")).min(dim=1).values.sum())
     hi_us = fixed_us + float(lat.masked_fill(~mask, float("-inf")).max(dim=1).values.sum())
-    latency = calibration.describe() if calibration is not None else "raw LUT sums"
-    if calibration is not None and (lo_us <= 1.0 or bool((lat.masked_fill(~mask, 0.0) < 0).any())):
-        raise InputError(f"{cfg.lut}: --calibrated: the stored calibration ({latency}) gives a cheapest architecture of "
-                         f"{lo_us:.1f} us or negative per-op costs: not a latency the loss can take the log of",
-                         hint="search without --calibrated, or re-fit the calibration with `fbprof verify`")
-    if meta_prev is not None and meta_prev.get("latency", "raw LUT sums") != latency:
-        raise InputError(f"{out / CHECKPOINT} was searched with latency {meta_prev.get('latency', 'raw LUT sums')!r}, "
-                         f"now {latency!r} (the LUT's calibration changed)", hint="resume with the LUT it was made with, or use another --out")
+    latency = search_latency(cfg, calibration, lo_us, bool((lat.masked_fill(~mask, 0.0) < 0).any()), meta_prev)
 
     torch.manual_seed(cfg.seed)
     net = Supernet(proxy, head, shared_init=cfg.shared_init, seed=cfg.seed).to(device, memory_format=MEMORY_FORMAT)
