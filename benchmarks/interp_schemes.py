@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fbprof.backends.cache import ArtifactCache
     from fbprof.devices.local import LocalDevice, cpu_fingerprint
+    from fbprof.errors import InputError
     from fbprof.fileio import atomic_write_text
     from fbprof.lut.interp import SCHEMES, GridLut, OutsideGridError
     from fbprof.lut.table import read_lut
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     from fbprof.verify.interp import interleaved_interp_check, same_run_check
 
     grids = {path: read_lut(path) for path in [args.grid, *args.also]}
+    for path, g in grids.items():
+        if "grid" not in g.header:
+            raise InputError(f"{path}: not a grid LUT (no grid header): measure one with `fbprof measure --space` "
+                             "of a channel space")
     held = sorted({k for path in args.heldout for k in read_lut(path).rows})
     readers = [GridLut(g) for g in grids.values()]
     keys, excluded = [], {}
@@ -90,4 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fbprof.errors import FbprofError
+
+    try:
+        sys.exit(main())
+    except FbprofError as e:  # a bad file or argument: its message, as the CLI prints it, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
